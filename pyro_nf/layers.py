@@ -1,0 +1,246 @@
+r"""Flow layers: modules that turn parameters (and a context) into a transform.
+
+A layer is the ``nn.Module`` face of a transform family. It either *owns* its parameters
+(``amortized=False``: one ``nn.Parameter`` vector of length ``num_params``, a *direct*
+parameterization) or *receives* them (``amortized=True``: the :class:`~pyro_nf.Flow`'s context
+network computes a ``(..., num_params)`` tensor per context). Either way the same
+:meth:`FlowLayer.build` turns the vector into a transform, so direct and amortized flows share
+one code path; batch dimensions of the parameters simply broadcast.
+
+Autoregressive layers are the exception that proves the rule: their MADE network reads the
+context itself as an extra input (Kingma et al. 2016), so they take no parameter vector.
+
+Every layer is initialised to the identity map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ._validation import check_positive_int
+from .nn import MADE, default_hidden
+from .transforms import (
+    AutoregressiveTransform,
+    DiagonalAffineTransform,
+    FlowTransform,
+    Permute,
+    PlanarTransform,
+    RadialTransform,
+    Reverse,
+    inverse_softplus,
+)
+from .transforms.autoregressive import DEFAULT_GATE_BIAS, DEFAULT_SCALE_BOUND
+
+__all__ = [
+    "FlowLayer",
+    "PlanarLayer",
+    "RadialLayer",
+    "DiagonalAffineLayer",
+    "AutoregressiveLayer",
+    "PermuteLayer",
+]
+
+
+class FlowLayer(nn.Module):
+    """Base class of flow layers.
+
+    Attributes:
+        dim: the event dimension ``D``.
+        num_params: length of the parameter vector the layer reads (0 if none).
+        amortized: whether the parameters come from a context network (else ``self.params``).
+        context_dim: context size the layer reads *itself* (autoregressive layers), else None.
+    """
+
+    num_params: int = 0
+    context_dim: int | None = None
+
+    def __init__(self, dim: int, amortized: bool = False) -> None:
+        super().__init__()
+        self.dim = check_positive_int("dim", dim)
+        self.amortized = amortized
+
+    def _own_params(self, init: torch.Tensor) -> None:
+        """Register ``init`` as the direct parameters unless amortized."""
+        self.num_params = init.numel()
+        if self.amortized:
+            self.register_buffer("initial_params", init)
+            self.params = None
+        else:
+            self.params = nn.Parameter(init)
+
+    def initial_value(self) -> torch.Tensor:
+        """The parameter vector that makes this layer the identity (shape ``(num_params,)``)."""
+        return self.initial_params if self.amortized else self.params.detach().clone()
+
+    def build(self, params: torch.Tensor | None, context: torch.Tensor | None) -> FlowTransform:
+        """Return the transform for parameters ``params`` (``(..., num_params)``) and context."""
+        raise NotImplementedError
+
+    def transform(self, params: torch.Tensor | None = None, context: torch.Tensor | None = None) -> FlowTransform:
+        """The transform at the layer's own parameters (direct) or the given ones (amortized)."""
+        if not self.amortized and self.num_params:
+            params = self.params
+        return self.build(params, context)
+
+
+class PlanarLayer(FlowLayer):
+    r"""``depth`` planar maps (see :mod:`pyro_nf.transforms.planar`); ``K(2D + 1)`` parameters.
+
+    Initialised with :math:`u = 0` (exactly the identity), :math:`w \sim \mathcal N(0, 1/D)`, :math:`b = 0`.
+
+    Example:
+        >>> layer = PlanarLayer(3, depth=2)
+        >>> layer.num_params
+        14
+        >>> x = torch.randn(4, 3)
+        >>> torch.equal(layer.transform()(x), x)   # identity at initialisation
+        True
+    """
+
+    def __init__(self, dim: int, depth: int = 1, amortized: bool = False) -> None:
+        super().__init__(dim, amortized)
+        self.depth = check_positive_int("depth", depth)
+        u = torch.zeros(depth, dim)
+        w = torch.randn(depth, dim) / dim**0.5
+        b = torch.zeros(depth, 1)
+        self._own_params(torch.cat([u, w, b], dim=-1).reshape(-1))
+
+    def build(self, params: torch.Tensor | None, context: torch.Tensor | None) -> FlowTransform:
+        p = params.unflatten(-1, (self.depth, 2 * self.dim + 1))
+        u, w, b = p.split([self.dim, self.dim, 1], dim=-1)
+        return PlanarTransform(u, w, b.squeeze(-1))
+
+
+class RadialLayer(FlowLayer):
+    r"""``depth`` radial maps (see :mod:`pyro_nf.transforms.radial`); ``K(D + 2)`` parameters.
+
+    Initialised with :math:`\alpha' = \beta' = 0`, so :math:`\beta = 0` (exactly the identity),
+    and centres :math:`z_0 \sim \mathcal N(0, I)`.
+
+    Example:
+        >>> layer = RadialLayer(2, depth=3)
+        >>> layer.num_params
+        12
+    """
+
+    def __init__(self, dim: int, depth: int = 1, amortized: bool = False) -> None:
+        super().__init__(dim, amortized)
+        self.depth = check_positive_int("depth", depth)
+        z0 = torch.randn(depth, dim)
+        ab = torch.zeros(depth, 2)
+        self._own_params(torch.cat([z0, ab], dim=-1).reshape(-1))
+
+    def build(self, params: torch.Tensor | None, context: torch.Tensor | None) -> FlowTransform:
+        p = params.unflatten(-1, (self.depth, self.dim + 2))
+        z0, alpha_raw, beta_raw = p.split([self.dim, 1, 1], dim=-1)
+        return RadialTransform(z0, alpha_raw.squeeze(-1), beta_raw.squeeze(-1))
+
+
+class DiagonalAffineLayer(FlowLayer):
+    r"""``y = loc + softplus(ρ) ⊙ x``; ``2D`` parameters. On standard normal noise this is the
+    learnable diagonal Gaussian base :math:`\mathcal N(\text{loc}, \operatorname{diag}\sigma^2)`.
+
+    Args:
+        dim: ``D``.
+        init_loc: initial ``loc`` (scalar or ``(D,)``).
+        init_scale: initial ``σ`` (positive scalar or ``(D,)``).
+        amortized: take ``loc`` and ``ρ`` from the context network.
+
+    Example:
+        >>> layer = DiagonalAffineLayer(2, init_loc=1.0, init_scale=0.5)
+        >>> layer.transform()(torch.zeros(2))
+        tensor([1., 1.], grad_fn=<AddBackward0>)
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        init_loc: float | torch.Tensor = 0.0,
+        init_scale: float | torch.Tensor = 1.0,
+        amortized: bool = False,
+    ) -> None:
+        super().__init__(dim, amortized)
+        loc = torch.as_tensor(init_loc, dtype=torch.get_default_dtype()).expand(dim).clone()
+        scale = torch.as_tensor(init_scale, dtype=torch.get_default_dtype()).expand(dim).clone()
+        if not bool((scale > 0).all()) or not bool(torch.isfinite(scale).all()):
+            raise ValueError(f"init_scale: expected positive finite values, got {scale.tolist()}")
+        raw = scale + torch.log(-torch.expm1(-scale))  # inverse softplus, elementwise
+        self._own_params(torch.cat([loc, raw]))
+
+    def build(self, params: torch.Tensor | None, context: torch.Tensor | None) -> FlowTransform:
+        loc, raw = params.split([self.dim, self.dim], dim=-1)
+        return DiagonalAffineTransform(loc, raw)
+
+
+class AutoregressiveLayer(FlowLayer):
+    r"""An IAF (``invert=False``) or MAF (``invert=True``) layer around a MADE network.
+
+    The MADE takes the context (if ``context_dim`` is set) as an extra input. See
+    :mod:`pyro_nf.transforms.autoregressive` for the math and the two ``update`` rules.
+
+    Example:
+        >>> layer = AutoregressiveLayer(3, hidden=(16,))
+        >>> x = torch.randn(4, 3)
+        >>> torch.allclose(layer.transform()(x), x)   # identity at initialisation
+        True
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden: Sequence[int] | None = None,
+        context_dim: int | None = None,
+        update: Literal["sigmoid", "affine"] = "sigmoid",
+        invert: bool = False,
+        gate_bias: float = DEFAULT_GATE_BIAS,
+        scale_bound: float = DEFAULT_SCALE_BOUND,
+        activation: type[nn.Module] = nn.ReLU,
+    ) -> None:
+        super().__init__(dim)
+        if update not in ("sigmoid", "affine"):
+            raise ValueError(f"update: expected 'sigmoid' or 'affine', got {update!r}")
+        hidden = tuple(hidden) if hidden is not None else default_hidden(dim, context_dim)
+        self.context_dim = context_dim
+        self.made = MADE(dim, hidden, num_params=2, context_dim=context_dim, activation=activation)
+        self.update, self.invert = update, invert
+        self.gate_bias, self.scale_bound = gate_bias, scale_bound
+
+    def build(self, params: torch.Tensor | None, context: torch.Tensor | None) -> FlowTransform:
+        return AutoregressiveTransform(
+            self.made,
+            context if self.context_dim is not None else None,
+            update=self.update,
+            invert=self.invert,
+            gate_bias=self.gate_bias,
+            scale_bound=self.scale_bound,
+        )
+
+
+class PermuteLayer(FlowLayer):
+    """A fixed permutation of the coordinates (``"reverse"``, ``"random"`` with a seed, or given).
+
+    Example:
+        >>> PermuteLayer(3).transform()(torch.tensor([1.0, 2.0, 3.0]))
+        tensor([3., 2., 1.])
+    """
+
+    def __init__(self, dim: int, perm: str | torch.Tensor = "reverse", seed: int = 0) -> None:
+        super().__init__(dim)
+        if isinstance(perm, str):
+            if perm == "reverse":
+                perm_t = torch.arange(dim - 1, -1, -1)
+            elif perm == "random":
+                perm_t = torch.randperm(dim, generator=torch.Generator().manual_seed(seed))
+            else:
+                raise ValueError(f"perm: expected 'reverse', 'random' or a permutation tensor, got {perm!r}")
+        else:
+            perm_t = torch.as_tensor(perm, dtype=torch.long)
+        self.register_buffer("perm", perm_t)
+        self._reverse = bool(torch.equal(perm_t, torch.arange(dim - 1, -1, -1)))
+
+    def build(self, params: torch.Tensor | None, context: torch.Tensor | None) -> FlowTransform:
+        return Reverse(self.dim) if self._reverse else Permute(self.perm)

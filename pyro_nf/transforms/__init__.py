@@ -1,0 +1,23 @@
+"""Bijections with both directions and both log-determinants (see :mod:`.base`)."""
+
+from .affine import DiagonalAffineTransform, inverse_softplus
+from .autoregressive import AutoregressiveTransform
+from .base import ChainTransform, FlowTransform, InverseFlowTransform
+from .permute import Permute, Reverse
+from .planar import PlanarInverseError, PlanarTransform, planar_constraint
+from .radial import RadialTransform
+
+__all__ = [
+    "AutoregressiveTransform",
+    "ChainTransform",
+    "DiagonalAffineTransform",
+    "FlowTransform",
+    "InverseFlowTransform",
+    "Permute",
+    "PlanarInverseError",
+    "PlanarTransform",
+    "RadialTransform",
+    "Reverse",
+    "inverse_softplus",
+    "planar_constraint",
+]

@@ -1,0 +1,126 @@
+"""The one primitive every pyro-nf transform implements.
+
+A :class:`FlowTransform` is a :class:`torch.distributions.Transform` on vectors (event dim 1)
+whose parameters are *passed in* as tensors, possibly with leading batch dimensions. The same
+class therefore serves a directly parameterized flow (parameters without batch dimensions) and
+an amortized one (parameters of shape ``(..., P)`` computed from a context), and broadcasting
+does the rest.
+
+Subclasses implement two methods and get everything else for free:
+
+* ``forward_and_log_det(x) -> (y, log|det ∂y/∂x|)``
+* ``inverse_and_log_det(y) -> (x, log|det ∂x/∂y|)``
+
+Both log-determinants have shape ``x.shape[:-1]`` (one value per vector). Caching is off
+(``cache_size=0``): pyro-nf never relies on a transform remembering the last tensor it saw,
+which is the source of the stale-cache and ``KeyError`` bugs of Pyro's planar/radial flows.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.distributions import Transform, constraints
+
+__all__ = ["FlowTransform", "InverseFlowTransform", "ChainTransform"]
+
+
+class FlowTransform(Transform):
+    """A bijection of ``R^D`` with both directions and both log-determinants.
+
+    Subclasses set ``self.dim`` and implement :meth:`forward_and_log_det` and
+    :meth:`inverse_and_log_det`.
+    """
+
+    domain = constraints.independent(constraints.real, 1)
+    codomain = constraints.independent(constraints.real, 1)
+    bijective = True
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(cache_size=0)
+        self.dim = dim
+
+    # -- the primitive -------------------------------------------------------------------------
+    def forward_and_log_det(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``y = f(x)`` and ``log|det ∂f/∂x|`` (shape ``x.shape[:-1]``)."""
+        raise NotImplementedError
+
+    def inverse_and_log_det(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``x = f⁻¹(y)`` and ``log|det ∂f⁻¹/∂y|`` (shape ``y.shape[:-1]``)."""
+        raise NotImplementedError
+
+    # -- derived torch.distributions.Transform API ---------------------------------------------
+    def _call(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_and_log_det(x)[0]
+
+    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return self.inverse_and_log_det(y)[0]
+
+    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.forward_and_log_det(x)[1]
+
+    @property
+    def inv(self) -> FlowTransform:  # type: ignore[override]
+        return InverseFlowTransform(self)
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+class InverseFlowTransform(FlowTransform):
+    """The inverse of a :class:`FlowTransform`: swaps the two directions.
+
+    Example:
+        >>> from pyro_nf.transforms import Reverse
+        >>> t = Reverse(3).inv
+        >>> t(torch.tensor([1.0, 2.0, 3.0]))
+        tensor([3., 2., 1.])
+    """
+
+    def __init__(self, base: FlowTransform) -> None:
+        super().__init__(base.dim)
+        self.base = base
+
+    def forward_and_log_det(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.base.inverse_and_log_det(x)
+
+    def inverse_and_log_det(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.base.forward_and_log_det(y)
+
+    @property
+    def inv(self) -> FlowTransform:  # type: ignore[override]
+        return self.base
+
+
+class ChainTransform(FlowTransform):
+    """Composition ``f = f_K ∘ … ∘ f_1``; log-determinants add up.
+
+    Example:
+        >>> from pyro_nf.transforms import Reverse
+        >>> t = ChainTransform([Reverse(2), Reverse(2)])
+        >>> y, ladj = t.forward_and_log_det(torch.tensor([1.0, 2.0]))
+        >>> y, ladj
+        (tensor([1., 2.]), tensor(0.))
+    """
+
+    def __init__(self, parts: list[FlowTransform]) -> None:
+        if not parts:
+            raise ValueError("parts: expected at least one transform, got an empty list")
+        super().__init__(parts[0].dim)
+        self.parts = list(parts)
+
+    def forward_and_log_det(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        total = x.new_zeros(x.shape[:-1])
+        for part in self.parts:
+            x, ladj = part.forward_and_log_det(x)
+            total = total + ladj
+        return x, total
+
+    def inverse_and_log_det(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        total = y.new_zeros(y.shape[:-1])
+        for part in reversed(self.parts):
+            y, ladj = part.inverse_and_log_det(y)
+            total = total + ladj
+        return y, total

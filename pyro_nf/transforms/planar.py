@@ -1,0 +1,186 @@
+r"""Planar flows (Rezende & Mohamed, 2015) with an exact, differentiable inverse.
+
+A planar map is :math:`f(z) = z + \hat u\, h(w^\top z + b)` with :math:`h = \tanh`. It is
+invertible iff :math:`w^\top \hat u \ge -1`; pyro-nf enforces the strict version by building
+:math:`\hat u` from an unconstrained :math:`u`:
+
+.. math::
+
+    \hat u = u + \bigl(m(w^\top u) - w^\top u\bigr)\,\frac{w}{\lVert w\rVert^2},\qquad
+    m(a) = -1 + \operatorname{softplus}(a + \log(e - 1)),
+
+so that :math:`w^\top \hat u = m(w^\top u) > -1` (note the squared norm). The shift
+:math:`\log(e-1)` makes :math:`m(0) = 0`, hence :math:`u = 0` is *exactly* the identity map,
+which is how pyro-nf initialises flows. The log-determinant is
+
+.. math::
+
+    \log\lvert\det J\rvert = \log\bigl(1 + h'(w^\top z + b)\, m\bigr)
+    = \log\bigl(\tanh^2 s + (1 - \tanh^2 s)\,\operatorname{softplus}(\cdot)\bigr),
+
+written in the second form so that it stays finite when :math:`m \to -1`.
+
+**Inverse.** There is no closed form, but :math:`y = f(z)` gives the scalar equation
+:math:`w^\top y + b = s + m \tanh(s)` for :math:`s = w^\top z + b`. Its left side is known, its
+right side strictly increasing in :math:`s`, and the root lies in
+:math:`[c - |m|, c + |m|]`. pyro-nf solves it by vectorized Newton steps safeguarded by
+bisection, then :math:`z = y - \hat u \tanh(s)`. Gradients of the root with respect to the
+parameters and ``y`` come from the implicit function theorem
+(:math:`\partial s/\partial c = 1/F'`, :math:`\partial s/\partial m = -\tanh(s)/F'`), applied as
+one differentiable Newton step at the converged root, never by unrolling the iterations.
+
+References:
+    Rezende & Mohamed, *Variational Inference with Normalizing Flows*, ICML 2015.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .base import FlowTransform
+
+__all__ = ["PlanarTransform", "planar_constraint", "PlanarInverseError"]
+
+_SHIFT = math.log(math.e - 1.0)
+
+
+class PlanarInverseError(RuntimeError):
+    """Raised when the planar inverse's root finder does not converge."""
+
+
+def planar_constraint(u: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""Return :math:`(\hat u, m, 1 + m)` for raw parameters ``u``, ``w`` of shape ``(..., D)``.
+
+    ``m = wᵀû`` (shape ``(...)``) is returned from its closed form rather than recomputed from
+    ``û``, and ``1 + m = softplus(·) > 0`` is returned separately so that log-determinants stay
+    finite even when ``m`` rounds to ``-1``.
+
+    Example:
+        >>> u, w = torch.tensor([-5.0, 0.0]), torch.tensor([1.0, 0.0])
+        >>> u_hat, m, one_plus_m = planar_constraint(u, w)
+        >>> bool(m > -1), torch.allclose((w * u_hat).sum(), m)
+        (True, True)
+    """
+    wu = (w * u).sum(-1)
+    # clamped at machine epsilon so that m > -1 holds in floating point, not just on paper
+    one_plus_m = F.softplus(wu + _SHIFT).clamp_min(torch.finfo(u.dtype).eps)
+    m = one_plus_m - 1.0
+    w_sq = (w * w).sum(-1).clamp_min(torch.finfo(w.dtype).tiny)
+    u_hat = u + ((m - wu) / w_sq).unsqueeze(-1) * w
+    return u_hat, m, one_plus_m
+
+
+def _log_det(t: torch.Tensor, one_plus_m: torch.Tensor) -> torch.Tensor:
+    """``log(1 + (1 - t²) m)`` in the form ``log(t² + (1 - t²)(1 + m))``, finite for ``m → -1``."""
+    t_sq = t * t
+    return torch.log(t_sq + (1.0 - t_sq) * one_plus_m)
+
+
+class PlanarTransform(FlowTransform):
+    r"""A chain of ``K`` planar maps with parameters of shape ``(..., K, D)`` and ``(..., K)``.
+
+    Running all ``K`` layers in one transform lets pyro-nf build :math:`\hat u` for every layer
+    in one vectorized step and sum all log-determinants at once, which is where most of its
+    speed over a list of separate transforms comes from.
+
+    Args:
+        u: raw (unconstrained) directions, shape ``(..., K, D)``.
+        w: normals, shape ``(..., K, D)``.
+        b: offsets, shape ``(..., K)``.
+        rtol: relative tolerance of the inverse's root finder (default: ``1e-12`` in float64,
+            ``1e-6`` in float32).
+        max_iter: iteration cap of the root finder; :class:`PlanarInverseError` past it.
+
+    Example:
+        >>> torch.manual_seed(0)
+        <torch._C.Generator object at ...>
+        >>> K, D = 3, 2
+        >>> t = PlanarTransform(torch.randn(K, D), torch.randn(K, D), torch.randn(K))
+        >>> z = torch.randn(5, D, dtype=torch.float64)
+        >>> t = PlanarTransform(*(p.double() for p in (t.u, t.w, t.b)))
+        >>> y, ladj = t.forward_and_log_det(z)
+        >>> z_back, inv_ladj = t.inverse_and_log_det(y)
+        >>> torch.allclose(z_back, z), torch.allclose(inv_ladj, -ladj)
+        (True, True)
+    """
+
+    def __init__(
+        self,
+        u: torch.Tensor,
+        w: torch.Tensor,
+        b: torch.Tensor,
+        rtol: float | None = None,
+        max_iter: int = 200,
+    ) -> None:
+        super().__init__(u.shape[-1])
+        self.u, self.w, self.b = u, w, b
+        self.depth = u.shape[-2]
+        self.rtol = rtol if rtol is not None else (1e-12 if u.dtype == torch.float64 else 1e-6)
+        self.max_iter = max_iter
+        self.u_hat, self.m, self.one_plus_m = planar_constraint(u, w)
+
+    def forward_and_log_det(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w, b, u_hat = self.w, self.b, self.u_hat
+        tanhs = []
+        for k in range(self.depth):
+            t = torch.tanh(torch.linalg.vecdot(x, w[..., k, :]) + b[..., k])
+            x = x + t.unsqueeze(-1) * u_hat[..., k, :]
+            tanhs.append(t)
+        ladj = _log_det(torch.stack(tanhs, dim=-1), self.one_plus_m).sum(-1)
+        return x, ladj
+
+    def inverse_and_log_det(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w, b, u_hat, m = self.w, self.b, self.u_hat, self.m
+        ladj = y.new_zeros(())
+        for k in reversed(range(self.depth)):
+            c = torch.linalg.vecdot(y, w[..., k, :]) + b[..., k]
+            m_k = m[..., k].expand_as(c)
+            s = _implicit_root(c, m_k, self.rtol, self.max_iter)
+            t = torch.tanh(s)
+            y = y - t.unsqueeze(-1) * u_hat[..., k, :]
+            ladj = ladj - _log_det(t, self.one_plus_m[..., k])
+        return y, ladj.expand(y.shape[:-1]) if ladj.dim() == 0 else ladj
+
+
+def _solve_root(c: torch.Tensor, m: torch.Tensor, rtol: float, max_iter: int) -> torch.Tensor:
+    """Solve ``s + m tanh(s) = c`` elementwise (no autograd), Newton safeguarded by bisection."""
+    lo, hi = c - m.abs(), c + m.abs()
+    s = c.clone()
+    for _ in range(max_iter):
+        t = torch.tanh(s)
+        f = s + m * t - c
+        hi = torch.where(f > 0, s, hi)
+        lo = torch.where(f < 0, s, lo)
+        s_new = s - f / (1.0 + m * (1.0 - t * t))
+        outside = ~((s_new > lo) & (s_new < hi))
+        s_new = torch.where(outside, 0.5 * (lo + hi), s_new)
+        tol = rtol * (1.0 + s_new.abs())
+        done = ((s_new - s).abs() <= tol) | (f == 0) | ((hi - lo) <= tol)
+        s = torch.where(f == 0, s, s_new)
+        if bool(done.all()):
+            return s
+    bad = int((~done).sum())
+    raise PlanarInverseError(
+        f"planar inverse: the root finder did not converge to rtol={rtol:g} within "
+        f"max_iter={max_iter} iterations for {bad} of {done.numel()} points "
+        f"(largest |c| = {float(c.abs().max()):.3g}, smallest 1 + m = {float((1 + m).min()):.3g}); "
+        "the layer is close to non-invertible there"
+    )
+
+
+def _implicit_root(c: torch.Tensor, m: torch.Tensor, rtol: float, max_iter: int) -> torch.Tensor:
+    """The root ``s(c, m)`` with exact first derivatives by the implicit function theorem.
+
+    One Newton step taken *with* autograd at the converged root ``s*`` has value ``s*`` (up to
+    the solver tolerance) and derivatives ``∂s/∂c = 1/F'(s*)``, ``∂s/∂m = -tanh(s*)/F'(s*)``.
+    """
+    with torch.no_grad():
+        s_star = _solve_root(c.detach(), m.detach(), rtol, max_iter)
+    if not (c.requires_grad or m.requires_grad):
+        return s_star
+    t = torch.tanh(s_star)
+    slope = (1.0 + m.detach() * (1.0 - t * t))
+    return s_star - (s_star + m * t - c) / slope

@@ -1,0 +1,83 @@
+"""Shared fixtures: every flow family, direct and amortized, built the same way for all tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+import pyro_nf
+
+DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _mixed(dim: int, context_dim: int | None) -> pyro_nf.Flow:
+    return pyro_nf.stack(
+        pyro_nf.iaf(dim, depth=1, context_dim=context_dim, hidden=(16,)),
+        pyro_nf.planar(dim, depth=2, context_dim=context_dim, base="standard"),
+        pyro_nf.radial(dim, depth=2, context_dim=context_dim, base="standard"),
+    )
+
+
+#: name -> builder(dim, context_dim) for every family the library offers.
+FAMILIES: dict[str, Callable[[int, int | None], pyro_nf.Flow]] = {
+    "planar": lambda d, h: pyro_nf.planar(d, depth=3, context_dim=h),
+    "radial": lambda d, h: pyro_nf.radial(d, depth=3, context_dim=h),
+    "iaf": lambda d, h: pyro_nf.iaf(d, depth=2, context_dim=h, hidden=(16, 16)),
+    "iaf_affine": lambda d, h: pyro_nf.iaf(d, depth=2, context_dim=h, hidden=(16,), update="affine"),
+    "maf": lambda d, h: pyro_nf.maf(d, depth=2, context_dim=h, hidden=(16, 16)),
+    "maf_sigmoid": lambda d, h: pyro_nf.maf(d, depth=2, context_dim=h, hidden=(16,), update="sigmoid"),
+    "mixed": _mixed,
+}
+
+CONTEXT_DIM = 4
+
+
+def randomize(flow: torch.nn.Module, scale: float = 0.3, seed: int = 0) -> torch.nn.Module:
+    """Move every parameter away from its (identity) initialisation, reproducibly."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device))
+    return flow
+
+
+def make_flow(
+    family: str,
+    dim: int,
+    amortized: bool,
+    dtype: torch.dtype = torch.float64,
+    seed: int = 0,
+    scale: float = 0.3,
+) -> pyro_nf.Flow:
+    torch.manual_seed(seed)
+    flow = FAMILIES[family](dim, CONTEXT_DIM if amortized else None).to(dtype)
+    return randomize(flow, scale=scale, seed=seed)
+
+
+def make_context(batch_shape: tuple[int, ...], amortized: bool, dtype=torch.float64, seed: int = 1):
+    if not amortized:
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(*batch_shape, CONTEXT_DIM, generator=gen, dtype=dtype)
+
+
+@pytest.fixture(params=sorted(FAMILIES))
+def family(request) -> str:
+    return request.param
+
+
+@pytest.fixture(params=[False, True], ids=["direct", "amortized"])
+def amortized(request) -> bool:
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _pyro_clean():
+    import pyro
+
+    pyro.clear_param_store()
+    yield
+    pyro.clear_param_store()
