@@ -63,7 +63,9 @@ def check_event(name: str, value: Any, dim: int, finite: bool = True) -> torch.T
         ValueError: value: expected a tensor of shape (..., 2) (event dimension 2), got shape (5, 3)
     """
     if not isinstance(value, torch.Tensor):
-        raise ValueError(f"{name}: expected a torch.Tensor of shape (..., {dim}), got {type(value).__name__}")
+        raise ValueError(
+            f"{name}: expected a torch.Tensor of shape (..., {dim}), got {type(value).__name__}"
+        )
     if value.dim() < 1 or value.shape[-1] != dim:
         raise ValueError(
             f"{name}: expected a tensor of shape (..., {dim}) (event dimension {dim}), "
@@ -76,7 +78,9 @@ def check_event(name: str, value: Any, dim: int, finite: bool = True) -> torch.T
     return value
 
 
-def check_context(context: Any, context_dim: int | None, finite: bool = True) -> torch.Tensor | None:
+def check_context(
+    context: Any, context_dim: int | None, finite: bool = True
+) -> torch.Tensor | None:
     """Check a ``context`` argument against the flow's ``context_dim``.
 
     A flow built with ``context_dim=None`` is directly parameterized and takes no context; an
@@ -90,7 +94,11 @@ def check_context(context: Any, context_dim: int | None, finite: bool = True) ->
     """
     if context_dim is None:
         if context is not None:
-            shape = tuple(context.shape) if isinstance(context, torch.Tensor) else type(context).__name__
+            shape = (
+                tuple(context.shape)
+                if isinstance(context, torch.Tensor)
+                else type(context).__name__
+            )
             raise ValueError(
                 "context: this flow is directly parameterized (context_dim=None) and takes no "
                 f"context; expected None, got {shape}"

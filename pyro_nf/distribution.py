@@ -122,7 +122,9 @@ class FlowDistribution(TorchDistribution):
         return torch.empty(())
 
     # -- sampling ------------------------------------------------------------------------------
-    def rsample_and_log_prob(self, sample_shape: torch.Size | tuple[int, ...] = torch.Size()) -> tuple[torch.Tensor, torch.Tensor]:
+    def rsample_and_log_prob(
+        self, sample_shape: torch.Size | tuple[int, ...] = torch.Size()
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw a reparameterized sample of shape ``sample_shape + batch_shape + (D,)`` and its
         log density (shape ``sample_shape + batch_shape``) in one pass."""
         transforms = self.transforms()
@@ -186,7 +188,9 @@ class FlowDistribution(TorchDistribution):
 
     # -- shapes --------------------------------------------------------------------------------
     def expand(self, batch_shape: Any, _instance: Any = None) -> FlowDistribution:
-        return FlowDistribution(self.flow, self.context, torch.Size(batch_shape), validate_args=self._validate)
+        return FlowDistribution(
+            self.flow, self.context, torch.Size(batch_shape), validate_args=self._validate
+        )
 
     def __repr__(self) -> str:
         return (

@@ -100,7 +100,9 @@ class Flow(nn.Module):
             out = sum(self._sizes)
             self.context_net = MLP(context_dim, out, hidden=tuple(context_hidden), zero_last=True)
             with torch.no_grad():  # zero weights, bias = identity parameters
-                self.context_net[-1].bias.copy_(torch.cat([layer.initial_value() for layer in amortized]))
+                self.context_net[-1].bias.copy_(
+                    torch.cat([layer.initial_value() for layer in amortized])
+                )
 
     def build_transforms(
         self, context: torch.Tensor | None = None, validate: bool = True
@@ -216,7 +218,9 @@ def iaf(
         >>> z.shape, log_q.shape
         (torch.Size([3, 4]), torch.Size([3]))
     """
-    return _autoregressive(dim, depth, context_dim, hidden, update, False, permute, base, context_hidden)
+    return _autoregressive(
+        dim, depth, context_dim, hidden, update, False, permute, base, context_hidden
+    )
 
 
 def maf(
@@ -237,7 +241,9 @@ def maf(
         >>> flow().log_prob(torch.randn(10, 2)).shape
         torch.Size([10])
     """
-    return _autoregressive(dim, depth, context_dim, hidden, update, True, permute, base, context_hidden)
+    return _autoregressive(
+        dim, depth, context_dim, hidden, update, True, permute, base, context_hidden
+    )
 
 
 def stack(*parts: Flow | FlowLayer, context_hidden: Sequence[int] = ()) -> Flow:
@@ -270,6 +276,8 @@ def stack(*parts: Flow | FlowLayer, context_hidden: Sequence[int] = ()) -> Flow:
         raise ValueError(f"parts: expected all parts to have the same dim, got dims {sorted(dims)}")
     context_dims.discard(None)
     if len(context_dims) > 1:
-        raise ValueError(f"parts: expected one context_dim for all amortized parts, got {sorted(context_dims)}")
+        raise ValueError(
+            f"parts: expected one context_dim for all amortized parts, got {sorted(context_dims)}"
+        )
     context_dim = context_dims.pop() if context_dims else None
     return Flow(dims.pop(), layers, context_dim, context_hidden)

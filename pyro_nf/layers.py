@@ -31,7 +31,6 @@ from .transforms import (
     PlanarTransform,
     RadialTransform,
     Reverse,
-    inverse_softplus,
 )
 from .transforms.autoregressive import DEFAULT_GATE_BIAS, DEFAULT_SCALE_BOUND
 
@@ -80,7 +79,9 @@ class FlowLayer(nn.Module):
         """Return the transform for parameters ``params`` (``(..., num_params)``) and context."""
         raise NotImplementedError
 
-    def transform(self, params: torch.Tensor | None = None, context: torch.Tensor | None = None) -> FlowTransform:
+    def transform(
+        self, params: torch.Tensor | None = None, context: torch.Tensor | None = None
+    ) -> FlowTransform:
         """The transform at the layer's own parameters (direct) or the given ones (amortized)."""
         if not self.amortized and self.num_params:
             params = self.params
@@ -236,7 +237,9 @@ class PermuteLayer(FlowLayer):
             elif perm == "random":
                 perm_t = torch.randperm(dim, generator=torch.Generator().manual_seed(seed))
             else:
-                raise ValueError(f"perm: expected 'reverse', 'random' or a permutation tensor, got {perm!r}")
+                raise ValueError(
+                    f"perm: expected 'reverse', 'random' or a permutation tensor, got {perm!r}"
+                )
         else:
             perm_t = torch.as_tensor(perm, dtype=torch.long)
         self.register_buffer("perm", perm_t)

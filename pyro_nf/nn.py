@@ -57,7 +57,7 @@ class MLP(nn.Sequential):
     ) -> None:
         layers: list[nn.Module] = []
         sizes = [in_features, *hidden, out_features]
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
             layers.append(nn.Linear(a, b))
             if i < len(sizes) - 2:
                 layers.append(activation())
@@ -124,19 +124,32 @@ class MADE(nn.Module):
     ) -> None:
         super().__init__()
         if len(hidden) < 1:
-            raise ValueError(f"hidden: expected at least one hidden layer width, got {tuple(hidden)}")
+            raise ValueError(
+                f"hidden: expected at least one hidden layer width, got {tuple(hidden)}"
+            )
         self.dim, self.num_params, self.context_dim = dim, num_params, context_dim
         ctx = context_dim or 0
         in_deg = torch.cat([torch.zeros(ctx, dtype=torch.long), torch.arange(1, dim + 1)])
         layers: list[nn.Module] = []
         prev = in_deg
         for width in hidden:
-            deg = (torch.arange(width) % max(1, dim - 1)) + 1 if dim > 1 else torch.zeros(width, dtype=torch.long)
-            layers += [MaskedLinear(prev.numel(), width, (deg[:, None] >= prev[None, :]).float()), activation()]
+            deg = (
+                (torch.arange(width) % max(1, dim - 1)) + 1
+                if dim > 1
+                else torch.zeros(width, dtype=torch.long)
+            )
+            layers += [
+                MaskedLinear(prev.numel(), width, (deg[:, None] >= prev[None, :]).float()),
+                activation(),
+            ]
             prev = deg
         out_deg = torch.arange(1, dim + 1).repeat(num_params)
-        self.net = nn.Sequential(*layers, MaskedLinear(prev.numel(), num_params * dim,
-                                                      (out_deg[:, None] > prev[None, :]).float()))
+        self.net = nn.Sequential(
+            *layers,
+            MaskedLinear(
+                prev.numel(), num_params * dim, (out_deg[:, None] > prev[None, :]).float()
+            ),
+        )
         self.reset_output()
 
     def reset_output(self) -> None:
@@ -148,8 +161,12 @@ class MADE(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         if self.context_dim is not None:
             if context is None:
-                raise ValueError(f"context: this MADE needs a context of shape (..., {self.context_dim}), got None")
+                raise ValueError(
+                    f"context: this MADE needs a context of shape (..., {self.context_dim}), got None"
+                )
             shape = torch.broadcast_shapes(x.shape[:-1], context.shape[:-1])
-            x = torch.cat([context.expand(*shape, self.context_dim), x.expand(*shape, self.dim)], dim=-1)
+            x = torch.cat(
+                [context.expand(*shape, self.context_dim), x.expand(*shape, self.dim)], dim=-1
+            )
         out = self.net(x)
         return out.unflatten(-1, (self.num_params, self.dim))

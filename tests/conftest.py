@@ -26,9 +26,13 @@ FAMILIES: dict[str, Callable[[int, int | None], pyro_nf.Flow]] = {
     "planar": lambda d, h: pyro_nf.planar(d, depth=3, context_dim=h),
     "radial": lambda d, h: pyro_nf.radial(d, depth=3, context_dim=h),
     "iaf": lambda d, h: pyro_nf.iaf(d, depth=2, context_dim=h, hidden=(16, 16)),
-    "iaf_affine": lambda d, h: pyro_nf.iaf(d, depth=2, context_dim=h, hidden=(16,), update="affine"),
+    "iaf_affine": lambda d, h: pyro_nf.iaf(
+        d, depth=2, context_dim=h, hidden=(16,), update="affine"
+    ),
     "maf": lambda d, h: pyro_nf.maf(d, depth=2, context_dim=h, hidden=(16, 16)),
-    "maf_sigmoid": lambda d, h: pyro_nf.maf(d, depth=2, context_dim=h, hidden=(16,), update="sigmoid"),
+    "maf_sigmoid": lambda d, h: pyro_nf.maf(
+        d, depth=2, context_dim=h, hidden=(16,), update="sigmoid"
+    ),
     "mixed": _mixed,
 }
 

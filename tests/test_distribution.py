@@ -62,8 +62,10 @@ def test_pyro_sample_under_plate_and_trace(family, amortized):
     assert site["value"].shape == (5, 3)
     tr.compute_log_prob()
     assert site["log_prob"].shape == (5,)
-    expected = flow(context).log_prob(site["value"].detach().clone()) if amortized else flow().log_prob(
-        site["value"].detach().clone()
+    expected = (
+        flow(context).log_prob(site["value"].detach().clone())
+        if amortized
+        else flow().log_prob(site["value"].detach().clone())
     )
     assert torch.allclose(site["log_prob"], expected.expand(5), atol=1e-8)
 

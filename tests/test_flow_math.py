@@ -28,13 +28,16 @@ def test_log_det_matches_autograd_jacobian(family, amortized, batch_shape):
     flow = make_flow(family, DIM, amortized)
     context = make_context(batch_shape, amortized)
     chain = _chain(flow, context)
-    x = torch.randn(*batch_shape, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(
+        *batch_shape, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(2)
+    )
     y, ladj = chain.forward_and_log_det(x)
     assert y.shape == x.shape and ladj.shape == batch_shape
 
     n = max(1, math.prod(batch_shape))
     jac = torch.autograd.functional.jacobian(
-        lambda v: chain.forward_and_log_det(v.reshape(x.shape))[0].reshape(n, DIM), x.reshape(n, DIM)
+        lambda v: chain.forward_and_log_det(v.reshape(x.shape))[0].reshape(n, DIM),
+        x.reshape(n, DIM),
     )  # (n, D, n, D)
     for i in range(n):
         block = jac[i, :, i, :]
@@ -46,7 +49,8 @@ def test_log_det_matches_autograd_jacobian(family, amortized, batch_shape):
 
     # the inverse's log-det is the log-det of the inverse's Jacobian
     jac_inv = torch.autograd.functional.jacobian(
-        lambda v: chain.inverse_and_log_det(v.reshape(x.shape))[0].reshape(n, DIM), y.reshape(n, DIM)
+        lambda v: chain.inverse_and_log_det(v.reshape(x.shape))[0].reshape(n, DIM),
+        y.reshape(n, DIM),
     )
     _, inv_ladj = chain.inverse_and_log_det(y)
     for i in range(n):

@@ -9,7 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pyro_nf
-from pyro_nf.transforms import PlanarInverseError, PlanarTransform, RadialTransform, planar_constraint
+from pyro_nf.transforms import (
+    PlanarInverseError,
+    PlanarTransform,
+    RadialTransform,
+    planar_constraint,
+)
 from pyro_nf.transforms.planar import _implicit_root
 
 # -- bad input ------------------------------------------------------------------------------------
@@ -17,7 +22,9 @@ from pyro_nf.transforms.planar import _implicit_root
 
 def test_wrong_event_dim_names_the_argument():
     q = pyro_nf.planar(3)()
-    with pytest.raises(ValueError, match=r"value: expected a tensor of shape \(\.\.\., 3\).*got shape \(4, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"value: expected a tensor of shape \(\.\.\., 3\).*got shape \(4, 2\)"
+    ):
         q.log_prob(torch.zeros(4, 2))
 
 
@@ -30,11 +37,17 @@ def test_non_finite_value_is_rejected():
 def test_missing_unexpected_and_wrong_context():
     amortized = pyro_nf.iaf(2, context_dim=5)
     direct = pyro_nf.iaf(2)
-    with pytest.raises(ValueError, match=r"context: this flow is amortized \(context_dim=5\).*got None"):
+    with pytest.raises(
+        ValueError, match=r"context: this flow is amortized \(context_dim=5\).*got None"
+    ):
         amortized()
-    with pytest.raises(ValueError, match=r"context: this flow is directly parameterized.*got \(3, 5\)"):
+    with pytest.raises(
+        ValueError, match=r"context: this flow is directly parameterized.*got \(3, 5\)"
+    ):
         direct(torch.zeros(3, 5))
-    with pytest.raises(ValueError, match=r"context: expected a tensor of shape \(\.\.\., 5\).*got shape \(3, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"context: expected a tensor of shape \(\.\.\., 5\).*got shape \(3, 4\)"
+    ):
         amortized(torch.zeros(3, 4))
     with pytest.raises(ValueError, match="context: expected finite values"):
         amortized(torch.full((3, 5), float("inf")))
@@ -87,7 +100,9 @@ def test_no_nan_or_inf_at_large_inputs(name):
     flow = make_flow(name, 3, amortized=False)
     q = flow()
     for scale in (1e3, -1e3):
-        x = torch.full((5, 3), scale, dtype=torch.float64) * torch.tensor([1.0, -0.5, 0.25], dtype=torch.float64)
+        x = torch.full((5, 3), scale, dtype=torch.float64) * torch.tensor(
+            [1.0, -0.5, 0.25], dtype=torch.float64
+        )
         lp = q.log_prob(x)
         assert bool(torch.isfinite(lp).all()), f"{name}: log_prob not finite at |z| = 1e3"
         chain = flow.build_transforms()
@@ -111,7 +126,9 @@ def test_no_nan_or_inf_with_extreme_parameters(name):
 def test_radial_at_its_centre_and_at_the_invertibility_boundary():
     z0 = torch.zeros(1, 2, dtype=torch.float64)
     # β' → -∞ gives β → -α: the map collapses space onto the centre, but stays finite
-    t = RadialTransform(z0, torch.zeros(1, dtype=torch.float64), torch.full((1,), -40.0, dtype=torch.float64))
+    t = RadialTransform(
+        z0, torch.zeros(1, dtype=torch.float64), torch.full((1,), -40.0, dtype=torch.float64)
+    )
     x = torch.tensor([[0.0, 0.0], [1e-3, 0.0], [5.0, -5.0]], dtype=torch.float64)
     y, ladj = t.forward_and_log_det(x)
     assert bool(torch.isfinite(y).all()) and bool(torch.isfinite(ladj).all())

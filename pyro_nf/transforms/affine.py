@@ -46,7 +46,7 @@ class DiagonalAffineTransform(FlowTransform):
         self.log_scale = torch.log(self.scale)
 
     def forward_and_log_det(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        y = self.loc + self.scale * x
+        y = torch.addcmul(self.loc, self.scale, x)
         return y, self.log_scale.sum(-1).expand(y.shape[:-1])
 
     def inverse_and_log_det(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

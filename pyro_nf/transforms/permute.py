@@ -31,7 +31,9 @@ class Permute(FlowTransform):
     def __init__(self, perm: torch.Tensor) -> None:
         perm = torch.as_tensor(perm, dtype=torch.long)
         dim = perm.numel()
-        if perm.dim() != 1 or not torch.equal(torch.sort(perm).values, torch.arange(dim, device=perm.device)):
+        if perm.dim() != 1 or not torch.equal(
+            torch.sort(perm).values, torch.arange(dim, device=perm.device)
+        ):
             raise ValueError(f"perm: expected a permutation of 0..D-1, got {perm.tolist()}")
         super().__init__(dim)
         self.perm = perm

@@ -51,7 +51,9 @@ class PlanarInverseError(RuntimeError):
     """Raised when the planar inverse's root finder does not converge."""
 
 
-def planar_constraint(u: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def planar_constraint(
+    u: torch.Tensor, w: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""Return :math:`(\hat u, m, 1 + m)` for raw parameters ``u``, ``w`` of shape ``(..., D)``.
 
     ``m = wᵀû`` (shape ``(...)``) is returned from its closed form rather than recomputed from
@@ -71,6 +73,11 @@ def planar_constraint(u: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, t
     w_sq = (w * w).sum(-1).clamp_min(torch.finfo(w.dtype).tiny)
     u_hat = u + ((m - wu) / w_sq).unsqueeze(-1) * w
     return u_hat, m, one_plus_m
+
+
+def _dot(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``(x * w).sum(-1)`` with broadcasting; a single matrix-vector product when ``w`` is 1-D."""
+    return x @ w if w.dim() == 1 else torch.linalg.vecdot(x, w)
 
 
 def _log_det(t: torch.Tensor, one_plus_m: torch.Tensor) -> torch.Tensor:
@@ -123,26 +130,73 @@ class PlanarTransform(FlowTransform):
         self.u_hat, self.m, self.one_plus_m = planar_constraint(u, w)
 
     def forward_and_log_det(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        w, b, u_hat = self.w, self.b, self.u_hat
-        tanhs = []
-        for k in range(self.depth):
-            t = torch.tanh(torch.linalg.vecdot(x, w[..., k, :]) + b[..., k])
-            x = x + t.unsqueeze(-1) * u_hat[..., k, :]
-            tanhs.append(t)
-        ladj = _log_det(torch.stack(tanhs, dim=-1), self.one_plus_m).sum(-1)
-        return x, ladj
+        y, tanhs = _PlanarChain.apply(x, self.w, self.b, self.u_hat)
+        return y, _log_det(tanhs, self.one_plus_m).sum(-1)
 
     def inverse_and_log_det(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         w, b, u_hat, m = self.w, self.b, self.u_hat, self.m
         ladj = y.new_zeros(())
         for k in reversed(range(self.depth)):
-            c = torch.linalg.vecdot(y, w[..., k, :]) + b[..., k]
+            c = _dot(y, w[..., k, :]) + b[..., k]
             m_k = m[..., k].expand_as(c)
             s = _implicit_root(c, m_k, self.rtol, self.max_iter)
             t = torch.tanh(s)
             y = y - t.unsqueeze(-1) * u_hat[..., k, :]
             ladj = ladj - _log_det(t, self.one_plus_m[..., k])
         return y, ladj.expand(y.shape[:-1]) if ladj.dim() == 0 else ladj
+
+
+def _sum_to(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Sum ``grad`` over the dimensions that broadcasting added to a tensor of ``shape``."""
+    extra = grad.dim() - len(shape)
+    if extra > 0:
+        grad = grad.sum(dim=tuple(range(extra)))
+    dims = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
+    return grad.sum(dim=dims, keepdim=True) if dims else grad
+
+
+class _PlanarChain(torch.autograd.Function):
+    """The K planar maps in one autograd node: ``(x, w, b, û) -> (y, tanh(s_1..K))``.
+
+    The backward pass is written out by hand (it is the chain rule through
+    ``x_k = x_{k-1} + û_k tanh(w_kᵀ x_{k-1} + b_k)``), which replaces ~5K small autograd nodes by
+    one and is where the speed of a deep planar stack comes from. First derivatives only.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, b, u_hat):  # type: ignore[override]
+        inputs, tanhs = [], []
+        for k in range(w.shape[-2]):
+            t = torch.tanh(_dot(x, w[..., k, :]) + b[..., k])
+            inputs.append(x)
+            tanhs.append(t)
+            x = torch.addcmul(x, t.unsqueeze(-1), u_hat[..., k, :])
+        ctx.save_for_backward(w, u_hat, *inputs, *tanhs)
+        ctx.shapes = (inputs[0].shape, b.shape)
+        return x, torch.stack(tanhs, dim=-1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y, grad_tanhs):  # type: ignore[override]
+        w, u_hat, *rest = ctx.saved_tensors
+        depth = w.shape[-2]
+        inputs, tanhs = rest[:depth], rest[depth:]
+        x_shape, b_shape = ctx.shapes
+        g = grad_y if grad_y is not None else torch.zeros_like(inputs[0])
+        grad_w, grad_b, grad_u = [], [], []
+        for k in reversed(range(depth)):
+            t, u_k, w_k = tanhs[k], u_hat[..., k, :], w[..., k, :]
+            g_t = torch.linalg.vecdot(g, u_k.expand_as(g))
+            if grad_tanhs is not None:
+                g_t = g_t + grad_tanhs[..., k]
+            g_s = g_t * (1 - t * t)
+            grad_u.append(_sum_to(g * t.unsqueeze(-1), u_k.shape))
+            grad_w.append(_sum_to(g_s.unsqueeze(-1) * inputs[k], w_k.shape))
+            grad_b.append(_sum_to(g_s, b_shape[:-1]))
+            g = torch.addcmul(g, g_s.unsqueeze(-1), w_k)
+        stack = lambda grads: torch.stack(grads[::-1], dim=-2)  # noqa: E731
+        grad_b_all = torch.stack(grad_b[::-1], dim=-1)
+        return _sum_to(g, x_shape), stack(grad_w), grad_b_all, stack(grad_u)
 
 
 def _solve_root(c: torch.Tensor, m: torch.Tensor, rtol: float, max_iter: int) -> torch.Tensor:
@@ -182,5 +236,5 @@ def _implicit_root(c: torch.Tensor, m: torch.Tensor, rtol: float, max_iter: int)
     if not (c.requires_grad or m.requires_grad):
         return s_star
     t = torch.tanh(s_star)
-    slope = (1.0 + m.detach() * (1.0 - t * t))
+    slope = 1.0 + m.detach() * (1.0 - t * t)
     return s_star - (s_star + m * t - c) / slope

@@ -94,7 +94,9 @@ class RadialTransform(FlowTransform):
             # r² + B r - αR = 0 with B = α + β - R; non-negative root without cancellation.
             b_coef = apb - big_r
             b_pos, b_neg = b_coef.clamp_min(0), b_coef.clamp_max(0)
-            r_pos = 2 * a * big_r / (b_pos + torch.sqrt(b_pos * b_pos + 4 * a * big_r)).clamp_min(tiny)
+            r_pos = (
+                2 * a * big_r / (b_pos + torch.sqrt(b_pos * b_pos + 4 * a * big_r)).clamp_min(tiny)
+            )
             r_neg = 0.5 * (torch.sqrt((b_neg * b_neg + 4 * a * big_r).clamp_min(tiny)) - b_neg)
             r = torch.where(b_coef >= 0, r_pos, r_neg)
             y = self.z0[..., k, :] + ((a + r) / (apb + r)).unsqueeze(-1) * diff
