@@ -9,9 +9,10 @@ The core objects:
 
 from . import transforms
 from .distribution import FlowDistribution
-from .flow import Flow, iaf, maf, planar, radial, stack
+from .flow import Flow, iaf, maf, nice, planar, radial, realnvp, stack
 from .layers import (
     AutoregressiveLayer,
+    CouplingLayer,
     DiagonalAffineLayer,
     FlowLayer,
     PermuteLayer,
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AutoregressiveLayer",
+    "CouplingLayer",
     "DiagonalAffineLayer",
     "Flow",
     "FlowDistribution",
@@ -32,8 +34,10 @@ __all__ = [
     "RadialLayer",
     "iaf",
     "maf",
+    "nice",
     "planar",
     "radial",
+    "realnvp",
     "stack",
     "transforms",
 ]

@@ -22,9 +22,10 @@ import torch
 from torch import nn
 
 from ._validation import check_positive_int
-from .nn import MADE, default_hidden
+from .nn import MADE, MLP, default_hidden
 from .transforms import (
     AutoregressiveTransform,
+    CouplingTransform,
     DiagonalAffineTransform,
     FlowTransform,
     Permute,
@@ -41,6 +42,7 @@ __all__ = [
     "DiagonalAffineLayer",
     "AutoregressiveLayer",
     "PermuteLayer",
+    "CouplingLayer",
 ]
 
 
@@ -247,3 +249,51 @@ class PermuteLayer(FlowLayer):
 
     def build(self, params: torch.Tensor | None, context: torch.Tensor | None) -> FlowTransform:
         return Reverse(self.dim) if self._reverse else Permute(self.perm)
+
+
+class CouplingLayer(FlowLayer):
+    r"""A NICE (``kind="additive"``) or RealNVP (``kind="affine"``) coupling layer.
+
+    Coordinates with ``i % 2 == parity`` condition the others; alternate ``parity`` between
+    layers. The network is an MLP ``cat([context, b ⊙ x]) -> (s, t)`` whose last layer starts
+    at zero (identity at initialisation). See :mod:`pyro_nf.transforms.coupling`.
+
+    Example:
+        >>> layer = CouplingLayer(4, parity=0, hidden=(16,))
+        >>> x = torch.randn(3, 4)
+        >>> torch.allclose(layer.transform()(x), x)
+        True
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        parity: int = 0,
+        hidden: Sequence[int] | None = None,
+        context_dim: int | None = None,
+        kind: Literal["affine", "additive"] = "affine",
+        scale_bound: float = DEFAULT_SCALE_BOUND,
+        activation: type[nn.Module] = nn.ReLU,
+    ) -> None:
+        super().__init__(dim)
+        if dim < 2:
+            raise ValueError(f"dim: coupling layers need at least 2 coordinates, got {dim}")
+        if kind not in ("affine", "additive"):
+            raise ValueError(f"kind: expected 'affine' or 'additive', got {kind!r}")
+        hidden = tuple(hidden) if hidden is not None else default_hidden(dim, context_dim)
+        self.context_dim, self.kind, self.scale_bound = context_dim, kind, scale_bound
+        self.register_buffer(
+            "mask", (torch.arange(dim) % 2 == parity % 2).to(torch.get_default_dtype())
+        )
+        self.net = MLP(
+            dim + (context_dim or 0), 2 * dim, hidden, activation=activation, zero_last=True
+        )
+
+    def build(self, params: torch.Tensor | None, context: torch.Tensor | None) -> FlowTransform:
+        return CouplingTransform(
+            self.net,
+            self.mask,
+            context if self.context_dim is not None else None,
+            kind=self.kind,
+            scale_bound=self.scale_bound,
+        )

@@ -33,6 +33,8 @@ FAMILIES: dict[str, Callable[[int, int | None], pyro_nf.Flow]] = {
     "maf_sigmoid": lambda d, h: pyro_nf.maf(
         d, depth=2, context_dim=h, hidden=(16,), update="sigmoid"
     ),
+    "nice": lambda d, h: pyro_nf.nice(max(d, 2), depth=3, context_dim=h, hidden=(16,)),
+    "realnvp": lambda d, h: pyro_nf.realnvp(max(d, 2), depth=3, context_dim=h, hidden=(16, 16)),
     "mixed": _mixed,
 }
 

@@ -3,6 +3,7 @@
 from .affine import DiagonalAffineTransform, inverse_softplus
 from .autoregressive import AutoregressiveTransform
 from .base import ChainTransform, FlowTransform, InverseFlowTransform
+from .coupling import CouplingTransform
 from .permute import Permute, Reverse
 from .planar import PlanarInverseError, PlanarTransform, planar_constraint
 from .radial import RadialTransform
@@ -10,6 +11,7 @@ from .radial import RadialTransform
 __all__ = [
     "AutoregressiveTransform",
     "ChainTransform",
+    "CouplingTransform",
     "DiagonalAffineTransform",
     "FlowTransform",
     "InverseFlowTransform",
