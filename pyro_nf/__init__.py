@@ -7,28 +7,55 @@ The core objects:
 * :mod:`pyro_nf.transforms` — the bijections, each with both directions and log-determinants.
 """
 
-from . import transforms
+from . import datasets, psis, targets, transforms
+from .diagnostics import (
+    diagnose_importance,
+    log_evidence,
+    log_importance_weights,
+    psis_khat,
+    to_inference_data,
+)
 from .distribution import FlowDistribution
 from .flow import Flow, iaf, maf, nice, planar, radial, realnvp, stack
+from .guides import AmortizedFlowGuide, FlowGuide
 from .layers import (
     AutoregressiveLayer,
     CouplingLayer,
     DiagonalAffineLayer,
     FlowLayer,
+    LowerTriangularAffineLayer,
     PermuteLayer,
     PlanarLayer,
     RadialLayer,
 )
+from .svi import fit, make_elbo
+from .train import EarlyStopping, History, train
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AmortizedFlowGuide",
+    "EarlyStopping",
+    "FlowGuide",
+    "History",
+    "datasets",
+    "diagnose_importance",
+    "fit",
+    "log_evidence",
+    "log_importance_weights",
+    "make_elbo",
+    "psis",
+    "psis_khat",
+    "targets",
+    "to_inference_data",
+    "train",
     "AutoregressiveLayer",
     "CouplingLayer",
     "DiagonalAffineLayer",
     "Flow",
     "FlowDistribution",
     "FlowLayer",
+    "LowerTriangularAffineLayer",
     "PermuteLayer",
     "PlanarLayer",
     "RadialLayer",

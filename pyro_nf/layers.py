@@ -28,6 +28,7 @@ from .transforms import (
     CouplingTransform,
     DiagonalAffineTransform,
     FlowTransform,
+    LowerTriangularAffineTransform,
     Permute,
     PlanarTransform,
     RadialTransform,
@@ -40,6 +41,7 @@ __all__ = [
     "PlanarLayer",
     "RadialLayer",
     "DiagonalAffineLayer",
+    "LowerTriangularAffineLayer",
     "AutoregressiveLayer",
     "PermuteLayer",
     "CouplingLayer",
@@ -177,6 +179,51 @@ class DiagonalAffineLayer(FlowLayer):
     def build(self, params: torch.Tensor | None, context: torch.Tensor | None) -> FlowTransform:
         loc, raw = params.split([self.dim, self.dim], dim=-1)
         return DiagonalAffineTransform(loc, raw)
+
+
+class LowerTriangularAffineLayer(FlowLayer):
+    r"""``y = loc + L x`` with a lower-triangular ``L`` (positive diagonal); ``2D + D(D-1)/2``
+    parameters. On standard normal noise: the full-covariance Gaussian
+    :math:`\mathcal N(\text{loc}, LL^\top)`.
+
+    Args:
+        dim: ``D``.
+        init_loc: initial ``loc`` (scalar or ``(D,)``).
+        init_scale_tril: initial ``L`` (a positive scalar for ``s·I``, or a ``(D, D)`` lower
+            triangular matrix with a positive diagonal, e.g. a Cholesky factor).
+        amortized: take the parameters from the context network.
+
+    Example:
+        >>> layer = LowerTriangularAffineLayer(2, init_scale_tril=torch.tensor([[2.0, 0.0], [1.0, 0.5]]))
+        >>> layer.transform().scale_tril
+        tensor([[2.0000, 0.0000],
+                [1.0000, 0.5000]], grad_fn=<AddBackward0>)
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        init_loc: float | torch.Tensor = 0.0,
+        init_scale_tril: float | torch.Tensor = 1.0,
+        amortized: bool = False,
+    ) -> None:
+        super().__init__(dim, amortized)
+        dtype = torch.get_default_dtype()
+        loc = torch.as_tensor(init_loc, dtype=dtype).expand(dim).clone()
+        tril = torch.as_tensor(init_scale_tril, dtype=dtype)
+        tril = tril * torch.eye(dim, dtype=dtype) if tril.dim() == 0 else tril.clone()
+        if tril.shape != (dim, dim) or not bool(torch.isfinite(tril).all()):
+            raise ValueError(f"init_scale_tril: expected a positive scalar or a finite ({dim}, {dim}) matrix, got shape {tuple(tril.shape)}")
+        diag = tril.diagonal()
+        if not bool((diag > 0).all()):
+            raise ValueError(f"init_scale_tril: expected a positive diagonal, got {diag.tolist()}")
+        rows, cols = torch.tril_indices(dim, dim, -1)
+        raw = diag + torch.log(-torch.expm1(-diag))  # inverse softplus
+        self._own_params(torch.cat([loc, raw, tril[rows, cols]]))
+
+    def build(self, params: torch.Tensor | None, context: torch.Tensor | None) -> FlowTransform:
+        loc, raw, off = params.split([self.dim, self.dim, self.num_params - 2 * self.dim], dim=-1)
+        return LowerTriangularAffineTransform(loc, raw, off)
 
 
 class AutoregressiveLayer(FlowLayer):

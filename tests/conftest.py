@@ -36,6 +36,14 @@ FAMILIES: dict[str, Callable[[int, int | None], pyro_nf.Flow]] = {
     "nice": lambda d, h: pyro_nf.nice(max(d, 2), depth=3, context_dim=h, hidden=(16,)),
     "realnvp": lambda d, h: pyro_nf.realnvp(max(d, 2), depth=3, context_dim=h, hidden=(16, 16)),
     "mixed": _mixed,
+    "full_affine": lambda d, h: pyro_nf.Flow(
+        d,
+        [
+            pyro_nf.LowerTriangularAffineLayer(d, amortized=h is not None),
+            pyro_nf.PlanarLayer(d, 2, amortized=h is not None),
+        ],
+        context_dim=h,
+    ),
 }
 
 CONTEXT_DIM = 4
@@ -87,3 +95,7 @@ def _pyro_clean():
     pyro.clear_param_store()
     yield
     pyro.clear_param_store()
+
+
+# Small tensors: one intra-op thread is faster and immune to oversubscription on 2-core CI boxes.
+torch.set_num_threads(1)

@@ -1,6 +1,6 @@
 """Bijections with both directions and both log-determinants (see :mod:`.base`)."""
 
-from .affine import DiagonalAffineTransform, inverse_softplus
+from .affine import DiagonalAffineTransform, LowerTriangularAffineTransform, inverse_softplus
 from .autoregressive import AutoregressiveTransform
 from .base import ChainTransform, FlowTransform, InverseFlowTransform
 from .coupling import CouplingTransform
@@ -15,6 +15,7 @@ __all__ = [
     "DiagonalAffineTransform",
     "FlowTransform",
     "InverseFlowTransform",
+    "LowerTriangularAffineTransform",
     "Permute",
     "PlanarInverseError",
     "PlanarTransform",

@@ -41,7 +41,6 @@ import math
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from ..nn import MADE
 from .base import FlowTransform
@@ -91,15 +90,16 @@ class AutoregressiveTransform(FlowTransform):
         super().__init__(made.dim)
         self.made, self.context, self.update, self.invert = made, context, update, invert
         self.gate_bias, self.scale_bound = gate_bias, scale_bound
-        self._log_sigma0 = F.logsigmoid(torch.tensor(gate_bias, dtype=torch.float64)).item()
+        self._log_sigma0 = -math.log1p(math.exp(-gate_bias))  # log sigmoid(gate_bias)
 
     def _scale_shift(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``log a(x)`` and ``c(x)``, each of shape ``(..., D)``."""
         mu, s = self.made(x, self.context).unbind(-2)
         if self.update == "sigmoid":
-            gate = self.scale_bound * torch.tanh(s / self.scale_bound) + self.gate_bias
-            log_a = F.logsigmoid(gate) - self._log_sigma0
-            shift = torch.sigmoid(-gate) * mu * math.exp(-self._log_sigma0)
+            # the gate is bounded, so log(sigmoid(gate)) is safe (and cheaper than logsigmoid)
+            sigma = torch.sigmoid(self.scale_bound * torch.tanh(s / self.scale_bound) + self.gate_bias)
+            log_a = torch.log(sigma) - self._log_sigma0
+            shift = (1.0 - sigma) * mu * math.exp(-self._log_sigma0)
         else:
             log_a = self.scale_bound * torch.tanh(s / self.scale_bound)
             shift = mu
