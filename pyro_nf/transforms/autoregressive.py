@@ -97,7 +97,9 @@ class AutoregressiveTransform(FlowTransform):
         mu, s = self.made(x, self.context).unbind(-2)
         if self.update == "sigmoid":
             # the gate is bounded, so log(sigmoid(gate)) is safe (and cheaper than logsigmoid)
-            sigma = torch.sigmoid(self.scale_bound * torch.tanh(s / self.scale_bound) + self.gate_bias)
+            sigma = torch.sigmoid(
+                self.scale_bound * torch.tanh(s / self.scale_bound) + self.gate_bias
+            )
             log_a = torch.log(sigma) - self._log_sigma0
             shift = (1.0 - sigma) * mu * math.exp(-self._log_sigma0)
         else:

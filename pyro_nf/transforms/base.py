@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch.distributions import Transform, constraints
 
-__all__ = ["FlowTransform", "InverseFlowTransform", "ChainTransform"]
+__all__ = ["FlowTransform", "InverseFlowTransform", "ChainTransform", "sum_to"]
 
 
 class FlowTransform(Transform):
@@ -124,3 +124,19 @@ class ChainTransform(FlowTransform):
             y, ladj = part.inverse_and_log_det(y)
             total = total + ladj
         return y, total
+
+
+def sum_to(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Sum ``grad`` over the dimensions that broadcasting added to a tensor of ``shape``.
+
+    Used by hand-written backward passes whose parameters broadcast against batched inputs.
+
+    Example:
+        >>> sum_to(torch.ones(4, 3, 2), torch.Size([3, 1])).shape
+        torch.Size([3, 1])
+    """
+    extra = grad.dim() - len(shape)
+    if extra > 0:
+        grad = grad.sum(dim=tuple(range(extra)))
+    dims = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
+    return grad.sum(dim=dims, keepdim=True) if dims else grad

@@ -40,7 +40,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .base import FlowTransform
+from .base import FlowTransform, sum_to
 
 __all__ = ["PlanarTransform", "planar_constraint", "PlanarInverseError"]
 
@@ -146,15 +146,6 @@ class PlanarTransform(FlowTransform):
         return y, ladj.expand(y.shape[:-1]) if ladj.dim() == 0 else ladj
 
 
-def _sum_to(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """Sum ``grad`` over the dimensions that broadcasting added to a tensor of ``shape``."""
-    extra = grad.dim() - len(shape)
-    if extra > 0:
-        grad = grad.sum(dim=tuple(range(extra)))
-    dims = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
-    return grad.sum(dim=dims, keepdim=True) if dims else grad
-
-
 class _PlanarChain(torch.autograd.Function):
     """The K planar maps in one autograd node: ``(x, w, b, û) -> (y, tanh(s_1..K))``.
 
@@ -166,11 +157,11 @@ class _PlanarChain(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, b, u_hat):  # type: ignore[override]
         inputs, tanhs = [], []
-        for k in range(w.shape[-2]):
-            t = torch.tanh(_dot(x, w[..., k, :]) + b[..., k])
+        for w_k, b_k, u_k in zip(w.unbind(-2), b.unbind(-1), u_hat.unbind(-2), strict=True):
+            t = torch.tanh(_dot(x, w_k) + b_k)
             inputs.append(x)
             tanhs.append(t)
-            x = torch.addcmul(x, t.unsqueeze(-1), u_hat[..., k, :])
+            x = torch.addcmul(x, t.unsqueeze(-1), u_k)
         ctx.save_for_backward(w, u_hat, *inputs, *tanhs)
         ctx.shapes = (inputs[0].shape, b.shape)
         return x, torch.stack(tanhs, dim=-1)
@@ -190,13 +181,13 @@ class _PlanarChain(torch.autograd.Function):
             if grad_tanhs is not None:
                 g_t = g_t + grad_tanhs[..., k]
             g_s = g_t * (1 - t * t)
-            grad_u.append(_sum_to(g * t.unsqueeze(-1), u_k.shape))
-            grad_w.append(_sum_to(g_s.unsqueeze(-1) * inputs[k], w_k.shape))
-            grad_b.append(_sum_to(g_s, b_shape[:-1]))
+            grad_u.append(sum_to(g * t.unsqueeze(-1), u_k.shape))
+            grad_w.append(sum_to(g_s.unsqueeze(-1) * inputs[k], w_k.shape))
+            grad_b.append(sum_to(g_s, b_shape[:-1]))
             g = torch.addcmul(g, g_s.unsqueeze(-1), w_k)
         stack = lambda grads: torch.stack(grads[::-1], dim=-2)  # noqa: E731
         grad_b_all = torch.stack(grad_b[::-1], dim=-1)
-        return _sum_to(g, x_shape), stack(grad_w), grad_b_all, stack(grad_u)
+        return sum_to(g, x_shape), stack(grad_w), grad_b_all, stack(grad_u)
 
 
 def _solve_root(c: torch.Tensor, m: torch.Tensor, rtol: float, max_iter: int) -> torch.Tensor:
