@@ -18,6 +18,7 @@ schedules, clipping, early stopping, NaN recovery and checkpoints.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -114,6 +115,49 @@ def make_elbo(
     raise ValueError(f"elbo: expected 'trace', 'renyi' or a pyro.infer.ELBO instance, got {elbo!r}")
 
 
+def _trainable_parameters(
+    loss: ELBO | RenyiBound, model: Callable, guide: Callable, args: tuple, kwargs: dict
+) -> dict[str, torch.Tensor]:
+    """Every tensor the loss depends on: ``pyro.param`` sites and the modules' own parameters.
+
+    A module registered with ``pyro.module`` computes with its *own* parameters, while Pyro's
+    param store may still hold tensors of an earlier module of the same name; those stale
+    tensors are left out (with a warning) instead of being "optimized" to no effect.
+    """
+    with poutine.trace(param_only=True) as capture:  # creates every param once
+        value = loss.differentiable_loss(model, guide, *args, **kwargs)
+    candidates: dict[str, torch.Tensor] = {}
+    for name, site in capture.trace.nodes.items():
+        candidates[name] = site["value"].unconstrained()
+    for owner in (guide, model):
+        if isinstance(owner, torch.nn.Module):
+            for name, p in owner.named_parameters():
+                candidates.setdefault(f"{type(owner).__name__}.{name}", p)
+    seen: set[int] = set()
+    unique = {}
+    for name, p in candidates.items():
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            unique[name] = p
+    if not unique:
+        raise ValueError(
+            "guide: found no parameters to optimize (does the guide call pyro.param or pyro.module?)"
+        )
+    grads = torch.autograd.grad(value, list(unique.values()), allow_unused=True)
+    used = {name: p for (name, p), g in zip(unique.items(), grads, strict=True) if g is not None}
+    stale = sorted(set(unique) - set(used))
+    if stale and len(stale) < len(unique):
+        warnings.warn(
+            f"fit: {len(stale)} tensors in Pyro's param store (e.g. {stale[0]!r}) do not affect the "
+            "loss, probably left by an earlier guide of the same name; they are not optimized. "
+            "Call pyro.clear_param_store() before building a new guide to avoid this.",
+            stacklevel=3,
+        )
+    if not used:
+        raise ValueError("guide: none of the parameters found affects the loss")
+    return used
+
+
 def fit(
     model: Callable,
     guide: Callable,
@@ -155,16 +199,7 @@ def fit(
     """
     kwargs = dict(model_kwargs or {})
     loss = make_elbo(elbo, num_particles, vectorize_particles, alpha, max_plate_nesting)
-    with poutine.trace(param_only=True) as capture:  # creates every param once
-        loss.differentiable_loss(model, guide, *args, **kwargs)
-    params = {name: site["value"].unconstrained() for name, site in capture.trace.nodes.items()}
-    if not params:
-        raise ValueError(
-            "guide: found no parameters to optimize (does the guide call pyro.param or pyro.module?)"
-        )
-    for name, value in params.items():
-        if not value.requires_grad:
-            raise ValueError(f"guide: parameter {name!r} does not require grad")
+    params = _trainable_parameters(loss, model, guide, args, kwargs)
 
     def loss_fn(step: int):
         return loss.differentiable_loss(model, guide, *args, **kwargs)
