@@ -7,15 +7,16 @@ log-Jacobians enter the guide's density), and it models :math:`u` with a normali
 
 .. math::
 
-    u = \mu + L\, f(\varepsilon),\qquad \varepsilon \sim \mathcal N(0, I_D),
+    u = \mu_0 + L_0\bigl(a + L\, f(\varepsilon)\bigr),\qquad \varepsilon \sim \mathcal N(0, I_D).
 
-i.e. the flow layers :math:`f` act in the *whitened* coordinates of an affine map with a lower
-triangular (or diagonal) :math:`L`. At initialisation the layers are the identity, so the guide
-*is* the Gaussian :math:`\mathcal N(\mu_0, \sigma_0^2 I)` with :math:`\mu_0` from
-``init_loc_fn`` and :math:`\sigma_0` = ``init_scale``; :math:`L` then learns the posterior's
-scales and correlations (as ``AutoMultivariateNormal`` would) and the flow its non-Gaussian
-shape. The nonlinearities of planar/radial/IAF layers thus always operate at unit scale,
-whatever the location, scale and orientation of the posterior.
+:math:`(\mu_0, L_0)` is a *fixed* preconditioner found before training (``init="laplace"``, the
+default: the posterior mode of :math:`u` by L-BFGS and Newton steps, and the Cholesky factor of
+the inverse Hessian there); :math:`(a, L)` is a learnable affine map (lower triangular, or
+diagonal for large :math:`D`) that starts at the identity; the flow layers :math:`f` start at
+the identity too. So at step 0 the guide *is* the Laplace approximation, and every learnable
+parameter lives in whitened, unit-scale coordinates: Adam's step size means the same thing for a
+coefficient whose posterior sd is 1e-3 as for one whose sd is 1e3, and the nonlinearities of
+planar/radial/IAF layers act at the scale they were designed for.
 
 It works with ``SVI`` + ``Trace_ELBO`` (also with vectorized particles), ``RenyiELBO``,
 ``Predictive``, ``poutine``, and :class:`~pyro.infer.reparam.NeuTraReparam` (flow-preconditioned
@@ -44,7 +45,8 @@ from torch import nn
 from . import flow as flows
 from ._validation import check_positive_int
 from .flow import Flow
-from .layers import DiagonalAffineLayer, LowerTriangularAffineLayer
+from .laplace import find_mode, laplace_approximation
+from .layers import DiagonalAffineLayer, FixedAffineLayer, LowerTriangularAffineLayer
 from .transforms import ChainTransform
 
 __all__ = ["FlowGuide", "AmortizedFlowGuide", "FLOW_FAMILIES"]
@@ -121,7 +123,13 @@ class FlowGuide(AutoContinuous):
         depth: number of flow layers (family default if ``None``: IAF 2, planar/radial 8, ...).
         init_loc_fn: per-site initialisation, as for Pyro's autoguides (default
             ``init_to_median``).
-        init_scale: initial standard deviation of the Gaussian base (> 0).
+        init: how the Gaussian the flow starts from is found (see the module docstring):
+            ``"laplace"`` (default): the posterior mode in unconstrained space (L-BFGS from
+            ``init_loc_fn``, Newton-polished) and the Laplace covariance there (inverse Hessian,
+            with a diagonal fallback and a warning when it is not positive definite);
+            ``"map"``: the mode with ``init_scale``; ``"loc"``: ``init_loc_fn`` with
+            ``init_scale``, as Pyro's autoguides do.
+        init_scale: initial standard deviation where no curvature is used (> 0).
         affine: the final affine map: ``"full"`` (lower-triangular, i.e. a full-covariance
             Gaussian base, like ``AutoMultivariateNormal``), ``"diagonal"``, or ``"auto"``
             (default: full up to ``MAX_FULL_AFFINE_DIM`` latent dimensions, else diagonal).
@@ -132,7 +140,7 @@ class FlowGuide(AutoContinuous):
         >>> def model():
         ...     pyro.sample("scale", dist.HalfNormal(1.0))
         ...     pyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
-        >>> guide = FlowGuide(model, flow="planar", depth=4)
+        >>> guide = FlowGuide(model, flow="planar", depth=4)   # Laplace init on first call
         >>> sorted(guide().keys())
         ['scale', 'z']
         >>> guide.latent_dim
@@ -150,8 +158,12 @@ class FlowGuide(AutoContinuous):
         init_loc_fn: Callable = init_to_median,
         init_scale: float = 0.1,
         affine: str = "auto",
+        init: str = "laplace",
         **flow_kwargs: Any,
     ) -> None:
+        if init not in ("laplace", "map", "loc"):
+            raise ValueError(f"init: expected 'laplace', 'map' or 'loc', got {init!r}")
+        self._init = init
         if affine not in ("auto", "full", "diagonal"):
             raise ValueError(f"affine: expected 'auto', 'full' or 'diagonal', got {affine!r}")
         self._affine = affine
@@ -214,23 +226,61 @@ class FlowGuide(AutoContinuous):
                 "init_loc_fn: produced non-finite initial values in unconstrained space "
                 f"({int((~torch.isfinite(loc)).sum())} of {loc.numel()} entries)"
             )
+        self._init_info = self._initial_affine(loc, args, kwargs)
+        loc0, tril0 = self._init_info.pop("loc"), self._init_info.pop("scale_tril")
         inner = _build_inner_flow(
             self._flow_spec, self.latent_dim, self._depth, **self._flow_kwargs
         )
         dim = self.latent_dim
-        init_loc = loc.detach().cpu().float()
         if self._affine == "full" or (self._affine == "auto" and dim <= MAX_FULL_AFFINE_DIM):
-            affine = LowerTriangularAffineLayer(dim, init_loc, init_scale_tril=self._init_scale)
+            learnable = LowerTriangularAffineLayer(dim)  # identity: whitened coordinates
         else:
-            affine = DiagonalAffineLayer(dim, init_loc, init_scale=self._init_scale)
-        flow = Flow(self.latent_dim, [*inner.layers, affine])
+            learnable = DiagonalAffineLayer(dim)
+        fixed = FixedAffineLayer(loc0.detach().cpu(), tril0.detach().cpu())
+        flow = Flow(dim, [*inner.layers, learnable, fixed])
         self.flow = flow.to(dtype=loc.dtype, device=loc.device)
-        with torch.no_grad():  # exact initial loc in the model's dtype
-            self.flow.layers[-1].params[: self.latent_dim].copy_(loc)
+
+    def _initial_affine(self, loc: torch.Tensor, args: tuple, kwargs: dict) -> dict[str, Any]:
+        """Location and scale the whitened flow starts from (``init`` decides how)."""
+        dim = self.latent_dim
+        eye = torch.eye(dim, dtype=loc.dtype, device=loc.device)
+        if self._init == "loc":
+            return {"loc": loc, "scale_tril": self._init_scale * eye, "init": "loc"}
+
+        def log_density(u: torch.Tensor) -> torch.Tensor:
+            return self._unconstrained_log_density(u, args, kwargs)
+
+        with pyro.poutine.block():
+            if self._init == "map":
+                mode = find_mode(log_density, loc)
+                return {
+                    "loc": mode.mode,
+                    "scale_tril": self._init_scale * eye,
+                    "init": "map",
+                    "mode": mode,
+                }
+            mode, tril, kind = laplace_approximation(
+                log_density, loc, fallback_scale=self._init_scale
+            )
+        return {"loc": mode.mode, "scale_tril": tril, "init": f"laplace ({kind})", "mode": mode}
+
+    def _unconstrained_log_density(
+        self, u: torch.Tensor, args: tuple, kwargs: dict
+    ) -> torch.Tensor:
+        r""":math:`\log p(x, T(u)) + \log\lvert\det J_T(u)\rvert` for the packed vector ``u``."""
+        values, log_jac = {}, u.new_zeros(())
+        for site, unconstrained in self._unpack_latent(u):
+            transform = biject_to(site["fn"].support)
+            value = transform(unconstrained)
+            values[site["name"]] = value
+            log_jac = log_jac + transform.log_abs_det_jacobian(unconstrained, value).sum()
+        conditioned = pyro.poutine.condition(self.model, data=values)
+        trace = pyro.poutine.trace(conditioned).get_trace(*args, **kwargs)
+        return trace.log_prob_sum() + log_jac
 
     # -- the AutoContinuous interface ----------------------------------------------------------
     def get_base_dist(self) -> dist.Distribution:
-        ref = self.flow.layers[-1].params
+        ref = self.flow.layers[-1].loc  # the fixed preconditioner's buffer: dtype and device
         zeros = torch.zeros(self.latent_dim, dtype=ref.dtype, device=ref.device)
         return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
 

@@ -42,6 +42,7 @@ __all__ = [
     "RadialLayer",
     "DiagonalAffineLayer",
     "LowerTriangularAffineLayer",
+    "FixedAffineLayer",
     "AutoregressiveLayer",
     "PermuteLayer",
     "CouplingLayer",
@@ -213,7 +214,9 @@ class LowerTriangularAffineLayer(FlowLayer):
         tril = torch.as_tensor(init_scale_tril, dtype=dtype)
         tril = tril * torch.eye(dim, dtype=dtype) if tril.dim() == 0 else tril.clone()
         if tril.shape != (dim, dim) or not bool(torch.isfinite(tril).all()):
-            raise ValueError(f"init_scale_tril: expected a positive scalar or a finite ({dim}, {dim}) matrix, got shape {tuple(tril.shape)}")
+            raise ValueError(
+                f"init_scale_tril: expected a positive scalar or a finite ({dim}, {dim}) matrix, got shape {tuple(tril.shape)}"
+            )
         diag = tril.diagonal()
         if not bool((diag > 0).all()):
             raise ValueError(f"init_scale_tril: expected a positive diagonal, got {diag.tolist()}")
@@ -224,6 +227,42 @@ class LowerTriangularAffineLayer(FlowLayer):
     def build(self, params: torch.Tensor | None, context: torch.Tensor | None) -> FlowTransform:
         loc, raw, off = params.split([self.dim, self.dim, self.num_params - 2 * self.dim], dim=-1)
         return LowerTriangularAffineTransform(loc, raw, off)
+
+
+class FixedAffineLayer(FlowLayer):
+    r"""A *fixed* affine map ``y = loc + L x`` (buffers, no parameters): a preconditioner.
+
+    :class:`~pyro_nf.FlowGuide` puts its Laplace (or initial) location and scale here, so that
+    every learnable parameter before it lives in whitened, unit-scale coordinates.
+
+    Args:
+        loc: shape ``(D,)``.
+        scale_tril: a lower-triangular ``(D, D)`` matrix with a positive diagonal.
+
+    Example:
+        >>> layer = FixedAffineLayer(torch.tensor([1.0, 2.0]), torch.diag(torch.tensor([3.0, 4.0])))
+        >>> layer.transform()(torch.ones(2)), list(layer.parameters())
+        (tensor([4., 6.]), [])
+    """
+
+    def __init__(self, loc: torch.Tensor, scale_tril: torch.Tensor) -> None:
+        loc = torch.as_tensor(loc)
+        dim = loc.numel()
+        super().__init__(dim)
+        scale_tril = torch.as_tensor(scale_tril, dtype=loc.dtype)
+        if scale_tril.shape != (dim, dim) or not bool(torch.isfinite(scale_tril).all()):
+            raise ValueError(
+                f"scale_tril: expected a finite ({dim}, {dim}) matrix, got shape {tuple(scale_tril.shape)}"
+            )
+        if not bool((scale_tril.diagonal() > 0).all()):
+            raise ValueError(
+                f"scale_tril: expected a positive diagonal, got {scale_tril.diagonal().tolist()}"
+            )
+        self.register_buffer("loc", loc.reshape(dim).clone())
+        self.register_buffer("scale_tril", scale_tril.tril().clone())
+
+    def build(self, params: torch.Tensor | None, context: torch.Tensor | None) -> FlowTransform:
+        return LowerTriangularAffineTransform.from_scale_tril(self.loc, self.scale_tril)
 
 
 class AutoregressiveLayer(FlowLayer):

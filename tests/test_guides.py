@@ -11,6 +11,7 @@ from pyro.infer.autoguide.initialization import init_to_value
 from pyro.infer.reparam import NeuTraReparam
 
 import pyro_nf
+from pyro_nf.laplace import LaplaceFallbackWarning
 
 # -- a conjugate Gaussian model with a correlated posterior ---------------------------------------
 
@@ -34,7 +35,7 @@ def exact_gaussian_posterior():
 @pytest.mark.parametrize("family", ["iaf", "maf", "planar", "radial", "realnvp", "nice"])
 def test_recovers_a_conjugate_gaussian_posterior(family):
     pyro.set_rng_seed(0)
-    guide = pyro_nf.FlowGuide(gaussian_model, flow=family)
+    guide = pyro_nf.FlowGuide(gaussian_model, flow=family, init="loc")  # learn from scratch
     pyro_nf.fit(
         gaussian_model,
         guide,
@@ -59,6 +60,7 @@ def test_starts_at_its_gaussian_base():
     guide = pyro_nf.FlowGuide(
         gaussian_model,
         flow="iaf",
+        init="loc",
         init_loc_fn=init_to_value(values={"z": torch.tensor([1.0, 2.0, 3.0])}),
         init_scale=0.2,
     )
@@ -136,7 +138,7 @@ def test_khat_small_for_a_good_guide_large_for_a_poor_one():
         progress=False,
         lr_schedule="cosine",
     )
-    poor = pyro_nf.FlowGuide(gaussian_model, flow="iaf", init_scale=0.02)
+    poor = pyro_nf.FlowGuide(gaussian_model, flow="iaf", init="loc", init_scale=0.02)
     poor()
     k_good = pyro_nf.psis_khat(gaussian_model, good, num_samples=2000)
     k_poor = pyro_nf.psis_khat(gaussian_model, poor, num_samples=2000)
@@ -254,3 +256,54 @@ def test_amortized_guide_for_local_latents():
         lp2 = guide.flow(guide.encoder(x2)).log_prob(torch.zeros(64, 1))
     changed = (lp1 != lp2).nonzero().reshape(-1).tolist()
     assert changed == [3]
+
+
+def test_laplace_init_is_the_exact_posterior_of_a_conjugate_gaussian_model():
+    """Before any training, the guide is N(mode, H^-1): exact for a Gaussian posterior."""
+    guide = pyro_nf.FlowGuide(gaussian_model, flow="iaf")
+    guide()
+    mean, cov = exact_gaussian_posterior()
+    q = guide.get_posterior()
+    x = torch.randn(20, 3)
+    expected = dist.MultivariateNormal(mean, cov).log_prob(x)
+    assert torch.allclose(q.log_prob(x), expected, atol=1e-4)
+    assert guide._init_info["init"] == "laplace (full)"
+
+
+def test_laplace_init_recovers_badly_scaled_coefficients():
+    """Flat prior, predictors on scales 1..100: the Laplace start is already right."""
+    torch.manual_seed(0)
+    n = 200
+    X = torch.randn(n, 3, dtype=torch.float64) * torch.tensor(
+        [1.0, 10.0, 100.0], dtype=torch.float64
+    )
+    beta = torch.tensor([1.0, -0.5, 0.02], dtype=torch.float64)
+    y = X @ beta + 0.5 * torch.randn(n, dtype=torch.float64)
+
+    def model():
+        b = pyro.sample("b", dist.Normal(torch.zeros(3, dtype=torch.float64), 1e4).to_event(1))
+        pyro.sample("y", dist.Normal(X @ b, 0.5).to_event(1), obs=y)
+
+    guide = pyro_nf.FlowGuide(model)
+    guide()
+    cov = torch.linalg.inv(X.T @ X / 0.25 + torch.eye(3, dtype=torch.float64) / 1e8)
+    mean = cov @ X.T @ y / 0.25
+    samples = guide.sample_posterior(20000, seed=0)["b"]
+    sd = cov.diagonal().sqrt()
+    assert float(((samples.mean(0) - mean) / sd).abs().max()) < 0.05
+    assert float((samples.std(0) / sd).log().abs().max()) < 0.05
+
+
+def test_singular_hessian_falls_back_with_a_clear_warning():
+    """Only a + b is identified (flat prior on the difference): the Hessian is singular."""
+
+    def model():
+        ab = pyro.sample("ab", dist.ImproperUniform(dist.constraints.real_vector, (), (2,)))
+        pyro.sample("y", dist.Normal(ab.sum(), 1.0), obs=torch.tensor(1.0))
+
+    guide = pyro_nf.FlowGuide(model, init_loc_fn=init_to_value(values={"ab": torch.zeros(2)}))
+    with pytest.warns(
+        LaplaceFallbackWarning, match="not positive definite.*diagonal approximation"
+    ):
+        guide()
+    assert guide._init_info["init"] == "laplace (diagonal)"

@@ -77,6 +77,23 @@ class LowerTriangularAffineTransform(FlowTransform):
         tensor([1.0000, 1.5000])
     """
 
+    @classmethod
+    def from_scale_tril(
+        cls, loc: torch.Tensor, scale_tril: torch.Tensor
+    ) -> LowerTriangularAffineTransform:
+        """The map ``y = loc + L x`` for a given lower-triangular ``L`` (positive diagonal).
+
+        Example:
+            >>> t = LowerTriangularAffineTransform.from_scale_tril(torch.zeros(2), 2 * torch.eye(2))
+            >>> t.inverse_and_log_det(torch.tensor([2.0, 4.0]))
+            (tensor([1., 2.]), tensor(-1.3863))
+        """
+        self = cls.__new__(cls)
+        FlowTransform.__init__(self, loc.shape[-1])
+        self.loc, self.scale_tril = loc, scale_tril
+        self.log_diag = torch.log(scale_tril.diagonal(dim1=-2, dim2=-1))
+        return self
+
     def __init__(self, loc: torch.Tensor, diag_raw: torch.Tensor, off_diag: torch.Tensor) -> None:
         dim = loc.shape[-1]
         super().__init__(dim)
