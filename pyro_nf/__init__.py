@@ -29,13 +29,19 @@ from .layers import (
     PlanarLayer,
     RadialLayer,
 )
-from .svi import fit, make_elbo
+from .report import TrustReport, diagnose, reweighted_summary
+from .svi import ConvergenceWarning, RenyiBound, fit, make_elbo
 from .train import EarlyStopping, History, train
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AmortizedFlowGuide",
+    "ConvergenceWarning",
+    "RenyiBound",
+    "TrustReport",
+    "diagnose",
+    "reweighted_summary",
     "EarlyStopping",
     "FlowGuide",
     "History",

@@ -47,6 +47,7 @@ from ._validation import check_positive_int
 from .flow import Flow
 from .laplace import find_mode, laplace_approximation
 from .layers import DiagonalAffineLayer, FixedAffineLayer, LowerTriangularAffineLayer
+from .report import TrustReport, diagnose
 from .transforms import ChainTransform
 
 __all__ = ["FlowGuide", "AmortizedFlowGuide", "FLOW_FAMILIES"]
@@ -315,6 +316,12 @@ class FlowGuide(AutoContinuous):
             site["name"]: biject_to(site["fn"].support)(u)
             for site, u in self._unpack_latent(latent)
         }
+
+    def report(self, *args: Any, num_samples: int = 2000, **kwargs: Any) -> TrustReport:
+        """The trust report of this guide for ``model(*args, **kwargs)``: ELBO, convergence (from
+        the last :func:`pyro_nf.fit`), PSIS k̂ and its verdict, ESS, log evidence, and the least
+        reliable sites. See :func:`pyro_nf.diagnose`."""
+        return diagnose(self.model, self, *args, num_samples=num_samples, model_kwargs=kwargs)
 
     @torch.no_grad()
     def quantiles(

@@ -28,9 +28,13 @@ from pyro.infer import ELBO, Trace_ELBO
 from pyro.infer.importance import vectorized_importance_weights
 
 from ._validation import check_positive_int
-from .train import History, train
+from .train import EarlyStopping, History, train
 
-__all__ = ["fit", "make_elbo", "RenyiBound"]
+__all__ = ["fit", "make_elbo", "RenyiBound", "ConvergenceWarning"]
+
+
+class ConvergenceWarning(UserWarning):
+    """Warned by :func:`fit` when the step budget ran out before the ELBO stopped improving."""
 
 
 class RenyiBound:
@@ -169,6 +173,7 @@ def fit(
     alpha: float = 0.0,
     max_plate_nesting: int | None = None,
     lr: float = 1e-2,
+    early_stopping: bool | EarlyStopping | None = True,
     model_kwargs: dict[str, Any] | None = None,
     **train_kwargs: Any,
 ) -> History:
@@ -180,6 +185,10 @@ def fit(
         steps: maximum number of optimization steps.
         elbo, num_particles, vectorize_particles, alpha, max_plate_nesting: see :func:`make_elbo`.
         lr: learning rate (Adam by default).
+        early_stopping: ``True`` (default): stop when the smoothed ELBO stops improving
+            (:class:`~pyro_nf.train.EarlyStopping` with patience ``clip(steps // 10, 100, 500)``
+            steps); a :class:`ConvergenceWarning` says when ``steps`` ran out first. ``None`` runs
+            all ``steps``.
         model_kwargs: keyword arguments of the model and guide.
         **train_kwargs: passed to :func:`pyro_nf.train.train` (``optimizer``, ``lr_schedule``,
             ``clip_norm``, ``early_stopping``, ``checkpoint``, ``progress``, ...).
@@ -205,4 +214,18 @@ def fit(
         return loss.differentiable_loss(model, guide, *args, **kwargs)
 
     train_kwargs.setdefault("desc", "SVI")
-    return train(loss_fn, params, steps, lr=lr, **train_kwargs)
+    if early_stopping is True:
+        early_stopping = EarlyStopping(patience=max(100, min(500, steps // 10)))
+    history = train(loss_fn, params, steps, lr=lr, early_stopping=early_stopping, **train_kwargs)
+    if early_stopping and history.stop_reason == "max_steps":
+        warnings.warn(
+            f"fit: the smoothed ELBO was still improving after {steps} steps (not converged); "
+            "consider more steps. history.converged is False.",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+    try:
+        guide.history = history  # read by guide.report() / pyro_nf.diagnose
+    except AttributeError:  # pragma: no cover - guides that refuse attributes
+        pass
+    return history

@@ -147,16 +147,22 @@ class History:
         """One-line description of the run (see the class example)."""
         final = f"{self.smoothed[-1]:.6g}" if self.smoothed else "n/a"
         val = f", best val loss={min(v for _, v in self.val_losses):.6g}" if self.val_losses else ""
-        return (f"History(steps={self.num_steps}, stop_reason={self.stop_reason}, converged="
-                f"{self.converged}, final smoothed loss={final}{val}, best_step={self.best_step}, "
-                f"nan_restores={self.num_nan_restores}, elapsed={self.elapsed:.2f}s)")
+        return (
+            f"History(steps={self.num_steps}, stop_reason={self.stop_reason}, converged="
+            f"{self.converged}, final smoothed loss={final}{val}, best_step={self.best_step}, "
+            f"nan_restores={self.num_nan_restores}, elapsed={self.elapsed:.2f}s)"
+        )
 
     __str__ = summary
 
 
 def _check_float(name: str, value: Any, expected: str, ok: Callable[[float], bool]) -> None:
-    if (isinstance(value, bool) or not isinstance(value, (int, float))
-            or not math.isfinite(value) or not ok(value)):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not ok(value)
+    ):
         raise ValueError(f"{name}: expected {expected}, got {value!r}")
 
 
@@ -193,12 +199,19 @@ def _named_params(params: ParamsLike) -> list[tuple[str, torch.Tensor]]:
     pairs: list[tuple[str, torch.Tensor]] = []
     for i, item in enumerate(items):
         name, p = item if isinstance(item, tuple) else (f"param{i}", item)
-        if not (isinstance(p, torch.Tensor) and p.is_leaf and p.requires_grad
-                and p.is_floating_point()):
-            got = (f"a tensor with dtype={p.dtype}, requires_grad={p.requires_grad}, is_leaf="
-                   f"{p.is_leaf}" if isinstance(p, torch.Tensor) else type(p).__name__)
-            raise ValueError(f"params: expected leaf floating-point tensors with "
-                             f"requires_grad=True, got {got} for {name!r}")
+        if not (
+            isinstance(p, torch.Tensor) and p.is_leaf and p.requires_grad and p.is_floating_point()
+        ):
+            got = (
+                f"a tensor with dtype={p.dtype}, requires_grad={p.requires_grad}, is_leaf="
+                f"{p.is_leaf}"
+                if isinstance(p, torch.Tensor)
+                else type(p).__name__
+            )
+            raise ValueError(
+                f"params: expected leaf floating-point tensors with "
+                f"requires_grad=True, got {got} for {name!r}"
+            )
         if all(p is not q for _, q in pairs):
             pairs.append((str(name), p))
     if not pairs:
@@ -209,15 +222,22 @@ def _named_params(params: ParamsLike) -> list[tuple[str, torch.Tensor]]:
 def _make_optimizer(optimizer: Any, tensors: list[torch.Tensor], lr: float | None):
     if isinstance(optimizer, str) and optimizer.lower() in _OPTIMIZERS:
         return _OPTIMIZERS[optimizer.lower()](tensors, lr=1e-2 if lr is None else lr)
-    opt = optimizer if isinstance(optimizer, torch.optim.Optimizer) else (
-        optimizer(tensors) if callable(optimizer) else None)
+    opt = (
+        optimizer
+        if isinstance(optimizer, torch.optim.Optimizer)
+        else (optimizer(tensors) if callable(optimizer) else None)
+    )
     if not isinstance(opt, torch.optim.Optimizer):
-        raise ValueError(f"optimizer: expected one of {sorted(_OPTIMIZERS)}, a torch.optim."
-                         f"Optimizer or a callable(params) -> Optimizer, got {optimizer!r}")
+        raise ValueError(
+            f"optimizer: expected one of {sorted(_OPTIMIZERS)}, a torch.optim."
+            f"Optimizer or a callable(params) -> Optimizer, got {optimizer!r}"
+        )
     ids = {id(t) for t in tensors}
     if any(id(p) not in ids for g in opt.param_groups for p in g["params"]):
-        raise ValueError("optimizer: expected an optimizer over (a subset of) `params`, got one "
-                         "holding tensors that are not in `params`")
+        raise ValueError(
+            "optimizer: expected an optimizer over (a subset of) `params`, got one "
+            "holding tensors that are not in `params`"
+        )
     for group in opt.param_groups if lr is not None else ():
         group["lr"] = lr
     return opt
@@ -232,12 +252,17 @@ def _make_scheduler(schedule: Any, opt: torch.optim.Optimizer, steps: int):
     factors = {
         "cosine": lambda t: 0.5 * (1 + math.cos(math.pi * t / steps)),
         "exponential": lambda t: 0.01 ** (t / steps),
-        "warmup_cosine": lambda t: (t + 1) / warm if t < warm
-        else 0.5 * (1 + math.cos(math.pi * (t - warm) / max(1, steps - warm))),
+        "warmup_cosine": lambda t: (
+            (t + 1) / warm
+            if t < warm
+            else 0.5 * (1 + math.cos(math.pi * (t - warm) / max(1, steps - warm)))
+        ),
     }
     if schedule not in factors:
-        raise ValueError(f"lr_schedule: expected None, one of {list(factors)} or a "
-                         f"callable(optimizer) -> LRScheduler, got {schedule!r}")
+        raise ValueError(
+            f"lr_schedule: expected None, one of {list(factors)} or a "
+            f"callable(optimizer) -> LRScheduler, got {schedule!r}"
+        )
     return torch.optim.lr_scheduler.LambdaLR(opt, factors[schedule])
 
 
@@ -245,7 +270,10 @@ def _clone_into(dst: Any, src: Any) -> Any:
     """Deep copy of nested containers of tensors, reusing ``dst``'s tensors where they fit."""
     if isinstance(src, torch.Tensor):
         if isinstance(dst, torch.Tensor) and (dst.shape, dst.dtype, dst.device) == (
-                src.shape, src.dtype, src.device):
+            src.shape,
+            src.dtype,
+            src.device,
+        ):
             return dst.copy_(src)
         return src.detach().clone()
     if isinstance(src, dict):
@@ -259,8 +287,11 @@ def _clone_into(dst: Any, src: Any) -> Any:
 
 def _rng_state() -> dict[str, Any]:
     name, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -296,19 +327,25 @@ def _load_checkpoint(path: str, pairs: list[tuple[str, torch.Tensor]]) -> dict[s
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"checkpoint: expected a pyro-nf training checkpoint at {path!r}, "
-                         f"got a file that cannot be read as one ({e})") from e
+        raise ValueError(
+            f"checkpoint: expected a pyro-nf training checkpoint at {path!r}, "
+            f"got a file that cannot be read as one ({e})"
+        ) from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != _FORMAT:
-        raise ValueError(f"checkpoint: expected a pyro-nf training checkpoint ({_FORMAT}) at "
-                         f"{path!r}, got {type(ckpt).__name__} without that format tag")
+        raise ValueError(
+            f"checkpoint: expected a pyro-nf training checkpoint ({_FORMAT}) at "
+            f"{path!r}, got {type(ckpt).__name__} without that format tag"
+        )
     given = [(n, tuple(p.shape)) for n, p in pairs]
     saved = [(n, tuple(t.shape)) for n, t in ckpt["params"].items()]
     if given != saved:
         diff = [f"{n}: {s}" for n, s in given if (n, s) not in saved]
         extra = [f"{n}: {s}" for n, s in saved if (n, s) not in given]
-        raise ValueError(f"checkpoint: expected parameters matching `params` (name: shape) in "
-                         f"{path!r}, got a mismatch: given but not saved {diff}, saved but not "
-                         f"given {extra}")
+        raise ValueError(
+            f"checkpoint: expected parameters matching `params` (name: shape) in "
+            f"{path!r}, got a mismatch: given but not saved {diff}, saved but not "
+            f"given {extra}"
+        )
     return ckpt
 
 
@@ -397,8 +434,9 @@ def train(
     sched = _make_scheduler(lr_schedule, opt, steps)
     deltas = {"min_delta": es.min_delta, "rel_delta": es.rel_delta} if es else {}
     use_val, smoothing = validate_fn is not None, es.smoothing if es else None
-    tracker = _Plateau(0.05 if use_val or smoothing is None else smoothing,
-                       **({} if use_val else deltas))
+    tracker = _Plateau(
+        0.05 if use_val or smoothing is None else smoothing, **({} if use_val else deltas)
+    )
     val_tracker = _Plateau(smoothing or 1.0, **deltas)
     history, start, failures, best_val, best_params = History(), 0, 0, math.inf, None
     path = os.fspath(checkpoint) if checkpoint is not None else None
@@ -417,25 +455,37 @@ def train(
         history, start, failures = History(**ckpt["history"]), ckpt["step"], ckpt["failures"]
         best_val, best_params = ckpt["best_val"], ckpt["best_params"]
         if best_params is not None:
-            best_params = [b.to(p.device, p.dtype) for b, p in zip(best_params, tensors,
-                                                                   strict=True)]
+            best_params = [
+                b.to(p.device, p.dtype) for b, p in zip(best_params, tensors, strict=True)
+            ]
         _set_rng_state(ckpt["rng"])
         if history.stop_reason == "converged":
             return history
 
     def save(next_step: int) -> None:
         history.elapsed = elapsed0 + time.perf_counter() - t0
-        _atomic_save({
-            "format": _FORMAT, "step": next_step, "failures": failures, "best_val": best_val,
-            "params": {n: p.detach() for n, p in pairs}, "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict() if sched is not None else None,
-            "history": asdict(history), "tracker": asdict(tracker),
-            "val_tracker": asdict(val_tracker), "best_params": best_params, "rng": _rng_state(),
-        }, path)
+        _atomic_save(
+            {
+                "format": _FORMAT,
+                "step": next_step,
+                "failures": failures,
+                "best_val": best_val,
+                "params": {n: p.detach() for n, p in pairs},
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict() if sched is not None else None,
+                "history": asdict(history),
+                "tracker": asdict(tracker),
+                "val_tracker": asdict(val_tracker),
+                "best_params": best_params,
+                "rng": _rng_state(),
+            },
+            path,
+        )
 
     def snapshot(old: Any = None) -> dict[str, Any]:
-        return _clone_into(old, {"params": [p.detach() for p in tensors],
-                                 "optim": opt.state_dict()})
+        return _clone_into(
+            old, {"params": [p.detach() for p in tensors], "optim": opt.state_dict()}
+        )
 
     def load(params_list: list[torch.Tensor], optim_state: dict | None = None) -> None:
         with torch.no_grad():
@@ -453,16 +503,23 @@ def train(
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(step)
             if not (isinstance(loss, torch.Tensor) and loss.numel() == 1 and loss.requires_grad):
-                got = (f"shape {tuple(loss.shape)}, requires_grad={loss.requires_grad}"
-                       if isinstance(loss, torch.Tensor) else type(loss).__name__)
-                raise ValueError(f"loss_fn: expected a scalar tensor that requires grad, "
-                                 f"got {got} at step {step}")
+                got = (
+                    f"shape {tuple(loss.shape)}, requires_grad={loss.requires_grad}"
+                    if isinstance(loss, torch.Tensor)
+                    else type(loss).__name__
+                )
+                raise ValueError(
+                    f"loss_fn: expected a scalar tensor that requires grad, "
+                    f"got {got} at step {step}"
+                )
             value, gnorm = float(loss.detach()), math.nan
             if math.isfinite(value):
                 loss.backward()
                 if step == start and all(p.grad is None for p in tensors):
-                    raise ValueError("params: expected tensors that loss_fn depends on, got "
-                                     f"{len(tensors)} tensors none of which receives a gradient")
+                    raise ValueError(
+                        "params: expected tensors that loss_fn depends on, got "
+                        f"{len(tensors)} tensors none of which receives a gradient"
+                    )
                 gnorm = float(nn.utils.clip_grad_norm_(tensors, clip_norm or math.inf))
             ok = math.isfinite(value) and math.isfinite(gnorm)
             history.losses.append(value)
@@ -482,23 +539,32 @@ def train(
                     history.elapsed = elapsed0 + time.perf_counter() - t0
                     if snap is not None:
                         load(snap["params"], snap["optim"])
-                        msg += (f" after {max_nan_restores} consecutive restores with halved lr;"
-                                f" gave up. The parameters are those used at step {snap_step}")
+                        msg += (
+                            f" after {max_nan_restores} consecutive restores with halved lr;"
+                            f" gave up. The parameters are those used at step {snap_step}"
+                        )
                     if path is not None:
                         save(step + 1)
                         msg += f" (saved to {path!r})"
-                    raise TrainingDivergedError(f"train: {msg}. Check the model for numerical "
-                                                "problems or lower the learning rate.", history)
+                    raise TrainingDivergedError(
+                        f"train: {msg}. Check the model for numerical "
+                        "problems or lower the learning rate.",
+                        history,
+                    )
                 load(snap["params"], snap["optim"])
                 for group in opt.param_groups:
                     group["lr"] *= 0.5
                 if hasattr(sched, "base_lrs"):  # so that the schedule keeps the halved lr
                     sched.base_lrs = [b * 0.5 for b in sched.base_lrs]
                 history.num_nan_restores += 1
-                warnings.warn(f"{msg}; restored the parameters and optimizer state used at step "
-                              f"{snap_step} and halved the learning rate to "
-                              f"{opt.param_groups[0]['lr']:.3g} (restore {failures} of at most "
-                              f"{max_nan_restores} in a row)", NaNRestoreWarning, stacklevel=2)
+                warnings.warn(
+                    f"{msg}; restored the parameters and optimizer state used at step "
+                    f"{snap_step} and halved the learning rate to "
+                    f"{opt.param_groups[0]['lr']:.3g} (restore {failures} of at most "
+                    f"{max_nan_restores} in a row)",
+                    NaNRestoreWarning,
+                    stacklevel=2,
+                )
             if sched is not None:
                 sched.step()
             since = tracker.update(step, value if ok else math.nan)
@@ -528,8 +594,13 @@ def train(
     if use_val and restore_best and best_params is not None:
         load(best_params)
     finite = [(v, i) for i, v in enumerate(history.smoothed) if math.isfinite(v)]
-    history.best_step = (min((v, s) for s, v in history.val_losses)[1] if history.val_losses
-                         else min(finite)[1] if finite else None)
+    history.best_step = (
+        min((v, s) for s, v in history.val_losses)[1]
+        if history.val_losses
+        else min(finite)[1]
+        if finite
+        else None
+    )
     history.elapsed = elapsed0 + time.perf_counter() - t0
     if path is not None and history.num_steps > start:
         save(history.num_steps)

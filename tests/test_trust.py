@@ -1,0 +1,67 @@
+"""The trust report and convergence detection of fitted guides."""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer.autoguide.initialization import init_to_value
+from test_guides import gaussian_model
+
+import pyro_nf
+
+
+def test_report_passes_a_good_guide_and_flags_a_poor_one():
+    pyro.set_rng_seed(0)
+    good = pyro_nf.FlowGuide(gaussian_model, flow="iaf")
+    pyro_nf.fit(gaussian_model, good, steps=300, num_particles=8, progress=False)
+    report = good.report(num_samples=1000)
+    assert report.khat < 0.5 and report.verdict == "good" and report.trustworthy
+    assert report.ess > 500 and report.converged is not None
+    assert "PSIS k-hat" in str(report) and "trustworthy" in str(report)
+
+    poor = pyro_nf.FlowGuide(gaussian_model, flow="iaf", init="loc", init_scale=0.02)
+    poor()
+    bad = pyro_nf.diagnose(gaussian_model, poor, num_samples=1000)
+    assert bad.khat > 0.7 and bad.verdict == "bad" and not bad.trustworthy
+    assert "DO NOT TRUST" in str(bad)
+    # the least reliable site is named, with a large reweighting shift of its scale
+    assert bad.sites[0].name == "z" and bad.sites[0].log_sd_ratio > 0.5
+
+
+def test_reweighted_summary_corrects_a_biased_guide():
+    def model():
+        pyro.sample(
+            "z", dist.Normal(torch.tensor([1.0, -2.0]), torch.tensor([1.0, 0.5])).to_event(1)
+        )
+
+    def guide():
+        pyro.sample(
+            "z", dist.Normal(torch.tensor([0.7, -1.8]), torch.tensor([1.3, 0.7])).to_event(1)
+        )
+
+    pyro.set_rng_seed(0)
+    s = pyro_nf.reweighted_summary(model, guide, num_samples=20000)["z"]
+    truth_mean, truth_sd = torch.tensor([1.0, -2.0]), torch.tensor([1.0, 0.5])
+    assert float((s["mean"] - truth_mean).abs().max()) < 0.05
+    assert float((s["raw_mean"] - truth_mean).abs().max()) > 0.15
+    assert float((s["sd"] / truth_sd).log().abs().max()) < 0.07
+
+
+def test_convergence_detection_stops_a_converged_run_early():
+    pyro.set_rng_seed(0)
+    guide = pyro_nf.FlowGuide(gaussian_model, flow="planar", depth=2)  # Laplace: starts converged
+    history = pyro_nf.fit(gaussian_model, guide, steps=5000, num_particles=4, progress=False)
+    assert history.converged and history.stop_reason == "converged"
+    assert history.num_steps < 2000
+
+
+def test_convergence_detection_does_not_stop_a_run_that_is_still_improving():
+    pyro.set_rng_seed(0)
+    far = init_to_value(values={"z": torch.tensor([30.0, -30.0, 30.0])})
+    guide = pyro_nf.FlowGuide(gaussian_model, flow="planar", depth=2, init="loc", init_loc_fn=far)
+    with pytest.warns(pyro_nf.ConvergenceWarning, match="still improving after 600 steps"):
+        history = pyro_nf.fit(gaussian_model, guide, steps=600, lr=2e-3, progress=False)
+    assert not history.converged and history.num_steps == 600
+    assert history.smoothed[-1] < history.smoothed[300] < history.smoothed[0]
