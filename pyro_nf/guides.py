@@ -45,7 +45,7 @@ from torch import nn
 from . import flow as flows
 from ._validation import check_positive_int
 from .flow import Flow
-from .laplace import find_mode, laplace_approximation
+from .laplace import find_mode, gaussian_elbo, laplace_approximation
 from .layers import DiagonalAffineLayer, FixedAffineLayer, LowerTriangularAffineLayer
 from .report import TrustReport, diagnose
 from .transforms import ChainTransform
@@ -229,24 +229,33 @@ class FlowGuide(AutoContinuous):
             )
         self._init_info = self._initial_affine(loc, args, kwargs)
         loc0, tril0 = self._init_info.pop("loc"), self._init_info.pop("scale_tril")
+        scale0 = self._init_info.pop("learnable_scale")
         inner = _build_inner_flow(
             self._flow_spec, self.latent_dim, self._depth, **self._flow_kwargs
         )
         dim = self.latent_dim
         if self._affine == "full" or (self._affine == "auto" and dim <= MAX_FULL_AFFINE_DIM):
-            learnable = LowerTriangularAffineLayer(dim)  # identity: whitened coordinates
+            # identity in whitened coordinates; multiplicative scale updates, so that a
+            # preconditioner that is off by orders of magnitude is corrected in few steps
+            learnable = LowerTriangularAffineLayer(dim, init_scale_tril=scale0, positive="exp")
         else:
-            learnable = DiagonalAffineLayer(dim)
+            learnable = DiagonalAffineLayer(dim, init_scale=scale0, positive="exp")
         fixed = FixedAffineLayer(loc0.detach().cpu(), tril0.detach().cpu())
         flow = Flow(dim, [*inner.layers, learnable, fixed])
         self.flow = flow.to(dtype=loc.dtype, device=loc.device)
 
     def _initial_affine(self, loc: torch.Tensor, args: tuple, kwargs: dict) -> dict[str, Any]:
-        """Location and scale the whitened flow starts from (``init`` decides how)."""
+        """The fixed preconditioner ``(loc, scale_tril)`` and the learnable affine's initial scale.
+
+        Only *informative* curvature goes into the preconditioner: the Laplace factor when it is
+        used; otherwise the preconditioner is the identity and ``init_scale`` starts the
+        learnable affine map (so that its off-diagonal entries are learned at the data's scale).
+        """
         dim = self.latent_dim
         eye = torch.eye(dim, dtype=loc.dtype, device=loc.device)
+        plain = {"scale_tril": eye, "learnable_scale": self._init_scale}
         if self._init == "loc":
-            return {"loc": loc, "scale_tril": self._init_scale * eye, "init": "loc"}
+            return {"loc": loc, "init": "loc", **plain}
 
         def log_density(u: torch.Tensor) -> torch.Tensor:
             return self._unconstrained_log_density(u, args, kwargs)
@@ -254,16 +263,24 @@ class FlowGuide(AutoContinuous):
         with pyro.poutine.block():
             if self._init == "map":
                 mode = find_mode(log_density, loc)
-                return {
-                    "loc": mode.mode,
-                    "scale_tril": self._init_scale * eye,
-                    "init": "map",
-                    "mode": mode,
-                }
+                return {"loc": mode.mode, "init": "map", "mode": mode, **plain}
             mode, tril, kind = laplace_approximation(
                 log_density, loc, fallback_scale=self._init_scale
             )
-        return {"loc": mode.mode, "scale_tril": tril, "init": f"laplace ({kind})", "mode": mode}
+            # A mode need not be representative (a funnel's density peaks in its neck): keep the
+            # Laplace start only if its ELBO beats the init_loc_fn start's.
+            elbo_laplace = gaussian_elbo(log_density, mode.mode, tril)
+            elbo_loc = gaussian_elbo(log_density, loc, self._init_scale * eye)
+        info = {"mode": mode, "elbo_laplace": elbo_laplace, "elbo_init_loc": elbo_loc}
+        if elbo_laplace >= elbo_loc:
+            return {
+                "loc": mode.mode,
+                "scale_tril": tril,
+                "learnable_scale": 1.0,
+                "init": f"laplace ({kind})",
+                **info,
+            }
+        return {"loc": loc, "init": "loc (Laplace rejected: lower ELBO)", **info, **plain}
 
     def _unconstrained_log_density(
         self, u: torch.Tensor, args: tuple, kwargs: dict

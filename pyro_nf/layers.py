@@ -34,6 +34,7 @@ from .transforms import (
     RadialTransform,
     Reverse,
 )
+from .transforms.affine import raw_from_scale
 from .transforms.autoregressive import DEFAULT_GATE_BIAS, DEFAULT_SCALE_BOUND
 
 __all__ = [
@@ -155,6 +156,8 @@ class DiagonalAffineLayer(FlowLayer):
         init_loc: initial ``loc`` (scalar or ``(D,)``).
         init_scale: initial ``σ`` (positive scalar or ``(D,)``).
         amortized: take ``loc`` and ``ρ`` from the context network.
+        positive: ``"softplus"`` (default) or ``"exp"``: how ``σ`` is made positive (see
+            :data:`pyro_nf.transforms.affine.POSITIVE_MAPS`).
 
     Example:
         >>> layer = DiagonalAffineLayer(2, init_loc=1.0, init_scale=0.5)
@@ -168,18 +171,19 @@ class DiagonalAffineLayer(FlowLayer):
         init_loc: float | torch.Tensor = 0.0,
         init_scale: float | torch.Tensor = 1.0,
         amortized: bool = False,
+        positive: str = "softplus",
     ) -> None:
         super().__init__(dim, amortized)
         loc = torch.as_tensor(init_loc, dtype=torch.get_default_dtype()).expand(dim).clone()
         scale = torch.as_tensor(init_scale, dtype=torch.get_default_dtype()).expand(dim).clone()
         if not bool((scale > 0).all()) or not bool(torch.isfinite(scale).all()):
             raise ValueError(f"init_scale: expected positive finite values, got {scale.tolist()}")
-        raw = scale + torch.log(-torch.expm1(-scale))  # inverse softplus, elementwise
-        self._own_params(torch.cat([loc, raw]))
+        self.positive = positive
+        self._own_params(torch.cat([loc, raw_from_scale(scale, positive)]))
 
     def build(self, params: torch.Tensor | None, context: torch.Tensor | None) -> FlowTransform:
         loc, raw = params.split([self.dim, self.dim], dim=-1)
-        return DiagonalAffineTransform(loc, raw)
+        return DiagonalAffineTransform(loc, raw, self.positive)
 
 
 class LowerTriangularAffineLayer(FlowLayer):
@@ -193,6 +197,7 @@ class LowerTriangularAffineLayer(FlowLayer):
         init_scale_tril: initial ``L`` (a positive scalar for ``s·I``, or a ``(D, D)`` lower
             triangular matrix with a positive diagonal, e.g. a Cholesky factor).
         amortized: take the parameters from the context network.
+        positive: ``"softplus"`` (default) or ``"exp"``: how the diagonal is made positive.
 
     Example:
         >>> layer = LowerTriangularAffineLayer(2, init_scale_tril=torch.tensor([[2.0, 0.0], [1.0, 0.5]]))
@@ -207,6 +212,7 @@ class LowerTriangularAffineLayer(FlowLayer):
         init_loc: float | torch.Tensor = 0.0,
         init_scale_tril: float | torch.Tensor = 1.0,
         amortized: bool = False,
+        positive: str = "softplus",
     ) -> None:
         super().__init__(dim, amortized)
         dtype = torch.get_default_dtype()
@@ -221,12 +227,12 @@ class LowerTriangularAffineLayer(FlowLayer):
         if not bool((diag > 0).all()):
             raise ValueError(f"init_scale_tril: expected a positive diagonal, got {diag.tolist()}")
         rows, cols = torch.tril_indices(dim, dim, -1)
-        raw = diag + torch.log(-torch.expm1(-diag))  # inverse softplus
-        self._own_params(torch.cat([loc, raw, tril[rows, cols]]))
+        self.positive = positive
+        self._own_params(torch.cat([loc, raw_from_scale(diag, positive), tril[rows, cols]]))
 
     def build(self, params: torch.Tensor | None, context: torch.Tensor | None) -> FlowTransform:
         loc, raw, off = params.split([self.dim, self.dim, self.num_params - 2 * self.dim], dim=-1)
-        return LowerTriangularAffineTransform(loc, raw, off)
+        return LowerTriangularAffineTransform(loc, raw, off, self.positive)
 
 
 class FixedAffineLayer(FlowLayer):

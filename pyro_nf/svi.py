@@ -186,8 +186,8 @@ def fit(
         elbo, num_particles, vectorize_particles, alpha, max_plate_nesting: see :func:`make_elbo`.
         lr: learning rate (Adam by default).
         early_stopping: ``True`` (default): stop when the smoothed ELBO stops improving
-            (:class:`~pyro_nf.train.EarlyStopping` with patience ``clip(steps // 10, 100, 500)``
-            steps); a :class:`ConvergenceWarning` says when ``steps`` ran out first. ``None`` runs
+            (:class:`~pyro_nf.train.EarlyStopping` with patience ``clip(steps // 5, 200, 1000)``
+            steps and smoothing 0.02); a :class:`ConvergenceWarning` says when ``steps`` ran out first. ``None`` runs
             all ``steps``.
         model_kwargs: keyword arguments of the model and guide.
         **train_kwargs: passed to :func:`pyro_nf.train.train` (``optimizer``, ``lr_schedule``,
@@ -215,7 +215,7 @@ def fit(
 
     train_kwargs.setdefault("desc", "SVI")
     if early_stopping is True:
-        early_stopping = EarlyStopping(patience=max(100, min(500, steps // 10)))
+        early_stopping = EarlyStopping(patience=max(200, min(1000, steps // 5)), smoothing=0.02)
     history = train(loss_fn, params, steps, lr=lr, early_stopping=early_stopping, **train_kwargs)
     if early_stopping and history.stop_reason == "max_steps":
         warnings.warn(

@@ -44,6 +44,7 @@ def test_recovers_a_conjugate_gaussian_posterior(family):
         num_particles=16,
         progress=False,
         lr_schedule="cosine",
+        early_stopping=None,  # a capacity test: the full budget for every family
     )
     samples = guide.sample_posterior(20000, seed=1)["z"]
     mean, cov = exact_gaussian_posterior()

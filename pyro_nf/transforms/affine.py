@@ -16,7 +16,49 @@ import torch.nn.functional as F
 
 from .base import FlowTransform
 
-__all__ = ["DiagonalAffineTransform", "LowerTriangularAffineTransform", "inverse_softplus"]
+__all__ = [
+    "DiagonalAffineTransform",
+    "LowerTriangularAffineTransform",
+    "inverse_softplus",
+    "positive_scale",
+    "raw_from_scale",
+]
+
+#: ``"softplus"``: σ = softplus(ρ) (additive steps); ``"exp"``: σ = exp(B tanh(ρ/B)), B = 30
+#: (multiplicative steps: an optimizer can change a scale by orders of magnitude quickly).
+POSITIVE_MAPS = ("softplus", "exp")
+LOG_SCALE_BOUND = 30.0
+
+
+def positive_scale(
+    raw: torch.Tensor, positive: str = "softplus"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(σ, log σ)`` from unconstrained ``raw`` by the map named ``positive``.
+
+    Example:
+        >>> positive_scale(torch.tensor([0.0]), "exp")
+        (tensor([1.]), tensor([0.]))
+    """
+    if positive == "exp":
+        log_scale = LOG_SCALE_BOUND * torch.tanh(raw / LOG_SCALE_BOUND)
+        return torch.exp(log_scale), log_scale
+    scale = F.softplus(raw).clamp_min(torch.finfo(raw.dtype).tiny)
+    return scale, torch.log(scale)
+
+
+def raw_from_scale(scale: torch.Tensor, positive: str = "softplus") -> torch.Tensor:
+    """The inverse of :func:`positive_scale` (for initialisation).
+
+    Example:
+        >>> raw = raw_from_scale(torch.tensor([0.1, 5.0]), "exp")
+        >>> positive_scale(raw, "exp")[0]
+        tensor([0.1000, 5.0000])
+    """
+    if positive not in POSITIVE_MAPS:
+        raise ValueError(f"positive: expected one of {POSITIVE_MAPS}, got {positive!r}")
+    if positive == "exp":
+        return LOG_SCALE_BOUND * torch.atanh(torch.log(scale) / LOG_SCALE_BOUND)
+    return scale + torch.log(-torch.expm1(-scale))
 
 
 def inverse_softplus(y: float) -> float:
@@ -39,11 +81,12 @@ class DiagonalAffineTransform(FlowTransform):
         (tensor([3., 1.]), True)
     """
 
-    def __init__(self, loc: torch.Tensor, scale_raw: torch.Tensor) -> None:
+    def __init__(
+        self, loc: torch.Tensor, scale_raw: torch.Tensor, positive: str = "softplus"
+    ) -> None:
         super().__init__(loc.shape[-1])
         self.loc = loc
-        self.scale = F.softplus(scale_raw).clamp_min(torch.finfo(scale_raw.dtype).tiny)
-        self.log_scale = torch.log(self.scale)
+        self.scale, self.log_scale = positive_scale(scale_raw, positive)
 
     def forward_and_log_det(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         y = torch.addcmul(self.loc, self.scale, x)
@@ -94,12 +137,17 @@ class LowerTriangularAffineTransform(FlowTransform):
         self.log_diag = torch.log(scale_tril.diagonal(dim1=-2, dim2=-1))
         return self
 
-    def __init__(self, loc: torch.Tensor, diag_raw: torch.Tensor, off_diag: torch.Tensor) -> None:
+    def __init__(
+        self,
+        loc: torch.Tensor,
+        diag_raw: torch.Tensor,
+        off_diag: torch.Tensor,
+        positive: str = "softplus",
+    ) -> None:
         dim = loc.shape[-1]
         super().__init__(dim)
         self.loc = loc
-        diag = F.softplus(diag_raw).clamp_min(torch.finfo(diag_raw.dtype).tiny)
-        self.log_diag = torch.log(diag)
+        diag, self.log_diag = positive_scale(diag_raw, positive)
         batch = torch.broadcast_shapes(diag.shape[:-1], off_diag.shape[:-1])
         rows, cols = torch.tril_indices(dim, dim, -1, device=loc.device)
         tril = diag.new_zeros(*batch, dim, dim)
