@@ -7,7 +7,8 @@ The core objects:
 * :mod:`pyro_nf.transforms` — the bijections, each with both directions and log-determinants.
 """
 
-from . import datasets, psis, targets, transforms
+from . import datasets, density, plotting, psis, targets, transforms
+from .density import DensityEstimator, build_flow, fit_density
 from .diagnostics import (
     diagnose_importance,
     log_evidence,
@@ -37,6 +38,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AmortizedFlowGuide",
+    "DensityEstimator",
+    "build_flow",
+    "density",
+    "fit_density",
+    "plotting",
     "ConvergenceWarning",
     "RenyiBound",
     "TrustReport",
