@@ -7,7 +7,7 @@ The core objects:
 * :mod:`pyro_nf.transforms` — the bijections, each with both directions and log-determinants.
 """
 
-from . import datasets, density, plotting, psis, targets, transforms
+from . import datasets, density, plotting, psis, targets, transforms, vae
 from .density import DensityEstimator, build_flow, fit_density
 from .diagnostics import (
     diagnose_importance,
@@ -43,6 +43,7 @@ __all__ = [
     "density",
     "fit_density",
     "plotting",
+    "vae",
     "ConvergenceWarning",
     "RenyiBound",
     "TrustReport",
