@@ -1,0 +1,389 @@
+r"""Reverse-KL fits to the 2D energies U1–U4 (Rezende & Mohamed 2015): pyro-nf vs Pyro.
+
+For every energy :math:`U`, family (planar, radial, IAF) and depth :math:`K`, a flow is fitted to
+:math:`\tilde p = e^{-U}` by minimizing the reverse KL with the *same* loop, budget and settings
+for both libraries: :func:`pyro_nf.reverse_kl.fit_reverse_kl` (``steps`` Adam steps, batch 256,
+lr 1e-2 with a cosine decay, annealing :math:`\beta_t = \min(1, 0.01 + t/T)`,
+:math:`T` = steps/10, same seed), then
+
+.. math::
+
+    \mathrm{KL}(q\,\|\,p) = \log Z - \mathbb E_q[\log\tilde p(z) - \log q(z)]
+
+is estimated with :func:`pyro_nf.reverse_kl.kl_estimate` from ``--kl-samples`` fresh draws
+(:math:`\log Z` from :data:`pyro_nf.targets.LOG_NORMALIZERS`; U2–U4 carry the
+:math:`\mathcal N(0, 4^2)`-shaped confinement of :math:`z_1`).
+
+The flows:
+
+* **pyro-nf**: ``pyro_nf.planar(2, depth=K)``, ``pyro_nf.radial(2, depth=K)``,
+  ``pyro_nf.iaf(2, depth=K, hidden=(64, 64))``: a learnable diagonal Gaussian base (loc 0,
+  scale 1) followed by the K maps, each initialised to the identity.
+* **Pyro 1.9**: ``TransformedDistribution(Normal(loc, softplus(raw)).to_event(1), transforms)``
+  with ``loc``/``raw`` learnable (same initial base) and ``transforms`` K of
+  ``pyro.distributions.transforms.Planar(2)`` / ``Radial(2)`` / ``AffineAutoregressive(
+  AutoRegressiveNN(2, [64, 64]), stable=True)`` with a coordinate reversal between IAF layers
+  (Pyro's own parameter initialisation). Its ``log_prob`` of the sample goes through Pyro's
+  transform cache.
+
+Wall time is the time of the fit (``History.elapsed``) on one CPU thread; on a shared machine it
+is noisy, so compare times from the same run only. With several ``--seeds`` the table shows
+medians over seeds.
+
+Usage::
+
+    python benchmarks/energies.py --quick                          # smoke run (~1 min)
+    python benchmarks/energies.py --energies U1 U2 --families planar radial --depths 32
+    python benchmarks/energies.py --steps 2000 --out benchmarks/results/energies_2000.json
+    python benchmarks/energies.py --resume ...                     # skip runs already saved
+
+References:
+    Rezende & Mohamed, *Variational Inference with Normalizing Flows*, ICML 2015.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pyro.distributions as dist
+import pyro.distributions.transforms as T
+import torch
+import torch.nn.functional as F
+from pyro.nn import AutoRegressiveNN
+from torch import nn
+
+import pyro_nf
+from pyro_nf.reverse_kl import fit_reverse_kl, kl_estimate
+from pyro_nf.targets import get_target
+from pyro_nf.train import TrainingDivergedError
+
+try:  # run as a script (benchmarks/ on sys.path) or as ``python -m benchmarks.energies``
+    from _common import format_table, save_json, set_threads
+except ImportError:  # pragma: no cover
+    from benchmarks._common import format_table, save_json, set_threads
+
+ENERGIES = ("U1", "U2", "U3", "U4")
+FAMILIES = ("planar", "radial", "iaf")
+DEPTHS = (2, 8, 32)
+LIBRARIES = ("pyro_nf", "pyro")
+IAF_HIDDEN = 64
+RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULT_OUT = RESULTS / "energies.json"
+QUICK_OUT = RESULTS / "energies_quick.json"
+
+#: Pyro 1.9.2 reference KLs from the issue (Adam, batch 256, annealed, 10,000 steps).
+PYRO_REFERENCE = {
+    ("planar", 32, "U1"): 0.021,
+    ("planar", 32, "U2"): 0.082,
+    ("radial", 32, "U1"): 0.033,
+    ("radial", 32, "U2"): 0.136,
+}
+#: The issue's targets for pyro-nf (planar K=32, 10,000 steps).
+TARGETS = {("planar", 32, "U1"): 0.02, ("planar", 32, "U2"): 0.05}
+
+
+class PyroFlow(nn.Module):
+    """Pyro's built-in flow on a learnable diagonal Gaussian base (the same base as pyro-nf's)."""
+
+    def __init__(self, family: str, depth: int, dim: int = 2) -> None:
+        super().__init__()
+        self.loc = nn.Parameter(torch.zeros(dim))
+        self.raw_scale = nn.Parameter(torch.full((dim,), math.log(math.e - 1.0)))  # softplus⁻¹(1)
+        layers: list[nn.Module] = []
+        for k in range(depth):
+            if family == "planar":
+                layers.append(T.Planar(dim))
+            elif family == "radial":
+                layers.append(T.Radial(dim))
+            elif family == "iaf":
+                if k > 0:
+                    layers.append(T.Permute(torch.arange(dim - 1, -1, -1)))
+                net = AutoRegressiveNN(dim, [IAF_HIDDEN, IAF_HIDDEN], permutation=torch.arange(dim))
+                layers.append(T.AffineAutoregressive(net, stable=True))
+            else:
+                raise ValueError(f"family: expected one of {FAMILIES}, got {family!r}")
+        self.transforms = nn.ModuleList(layers)
+
+    def forward(self) -> dist.TransformedDistribution:
+        base = dist.Normal(self.loc, F.softplus(self.raw_scale)).to_event(1)
+        return dist.TransformedDistribution(base, list(self.transforms))
+
+
+def build_flow(library: str, family: str, depth: int) -> nn.Module:
+    """The flow of ``library`` (``"pyro_nf"`` or ``"pyro"``) for one grid cell."""
+    if library == "pyro":
+        return PyroFlow(family, depth)
+    if family == "planar":
+        return pyro_nf.planar(2, depth=depth)
+    if family == "radial":
+        return pyro_nf.radial(2, depth=depth)
+    if family == "iaf":
+        return pyro_nf.iaf(2, depth=depth, hidden=(IAF_HIDDEN, IAF_HIDDEN))
+    raise ValueError(f"family: expected one of {FAMILIES}, got {family!r}")
+
+
+def run_one(
+    library: str, energy: str, family: str, depth: int, seed: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Fit one flow and estimate its KL; returns a JSON-ready record."""
+    target = get_target(energy)
+    torch.manual_seed(seed)
+    flow = build_flow(library, family, depth)
+    n_params = sum(p.numel() for p in flow.parameters())
+    torch.manual_seed(10_000 + seed)  # the same sampling noise stream for both libraries
+    record: dict[str, Any] = {
+        "library": library,
+        "energy": energy,
+        "family": family,
+        "depth": depth,
+        "seed": seed,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "anneal_steps": args.anneal_steps,
+        "n_params": n_params,
+    }
+    t0 = time.perf_counter()
+    try:
+        history = fit_reverse_kl(
+            flow,
+            target,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            annealing=args.anneal_steps,
+            progress=False,
+        )
+        record.update(
+            fit_s=history.elapsed,
+            ms_per_step=1e3 * history.elapsed / history.num_steps,
+            final_loss=statistics.fmean(history.losses[-100:]),
+            nan_restores=history.num_nan_restores,
+            status="ok",
+        )
+    except TrainingDivergedError as e:
+        record.update(fit_s=time.perf_counter() - t0, ms_per_step=math.nan, status="diverged")
+        record["error"] = str(e)[:200]
+    except Exception as e:  # noqa: BLE001 - a crash of one contender is a result, not a failure
+        record.update(fit_s=time.perf_counter() - t0, ms_per_step=math.nan, status="error")
+        record["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+    if record["status"] == "ok":
+        torch.manual_seed(20_000 + seed)
+        try:
+            kl, se, _ = kl_estimate(flow, target, num_samples=args.kl_samples)
+        except Exception as e:  # noqa: BLE001
+            kl, se = math.nan, math.nan
+            record["error"] = f"kl_estimate: {type(e).__name__}: {str(e)[:200]}"
+        record.update(kl=kl, kl_se=se)
+    else:
+        record.update(kl=math.nan, kl_se=math.nan)
+    return record
+
+
+def _key(r: dict[str, Any]) -> tuple:
+    return (
+        r["library"],
+        r["energy"],
+        r["family"],
+        r["depth"],
+        r["seed"],
+        r["steps"],
+        r["batch_size"],
+        r["lr"],
+        r["anneal_steps"],
+    )
+
+
+def _median(xs: list[float]) -> float:
+    xs = [x for x in xs if isinstance(x, float) and math.isfinite(x)]
+    return statistics.median(xs) if xs else math.nan
+
+
+def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (energy, family, depth, steps): medians over seeds for both libraries."""
+    cells: dict[tuple, dict[str, list[dict[str, Any]]]] = {}
+    for r in records:
+        cell = cells.setdefault((r["energy"], r["family"], r["depth"], r["steps"]), {})
+        cell.setdefault(r["library"], []).append(r)
+    rows = []
+    for (energy, family, depth, steps), libs in sorted(cells.items()):
+        row: dict[str, Any] = {"energy": energy, "family": family, "depth": depth, "steps": steps}
+        for lib in LIBRARIES:
+            rs = libs.get(lib, [])
+            row[f"{lib}_kl"] = _median([r["kl"] for r in rs])
+            row[f"{lib}_kl_se"] = _median([r["kl_se"] for r in rs])
+            row[f"{lib}_fit_s"] = _median([r["fit_s"] for r in rs])
+            row[f"{lib}_seeds"] = len(rs)
+            row[f"{lib}_failed"] = sum(r["status"] != "ok" for r in rs)
+        row["kl_ratio"] = row["pyro_nf_kl"] / row["pyro_kl"] if row["pyro_kl"] else math.nan
+        row["speedup"] = row["pyro_fit_s"] / row["pyro_nf_fit_s"]
+        row["reference_pyro_kl"] = PYRO_REFERENCE.get((family, depth, energy))
+        row["target_kl"] = TARGETS.get((family, depth, energy)) if steps >= 10_000 else None
+        rows.append(row)
+    return rows
+
+
+def _fmt(x: float, digits: int = 4) -> str:
+    return "nan" if not math.isfinite(x) else f"{x:.{digits}f}"
+
+
+def format_rows(rows: list[dict[str, Any]]) -> str:
+    """The printed table (KL medians ± their standard errors, ratios, fit times)."""
+    headers = [
+        "U",
+        "family",
+        "K",
+        "steps",
+        "KL pyro-nf",
+        "KL Pyro",
+        "KL ratio",
+        "fit s pyro-nf",
+        "fit s Pyro",
+        "speedup",
+        "Pyro ref",
+        "target",
+    ]
+    body = []
+    for r in rows:
+        ref, tgt = r["reference_pyro_kl"], r["target_kl"]
+        target = (
+            "" if tgt is None else f"<= {tgt} " + ("met" if r["pyro_nf_kl"] <= tgt else "MISSED")
+        )
+        body.append([
+            r["energy"], r["family"], r["depth"], r["steps"],
+            f"{_fmt(r['pyro_nf_kl'])} ± {_fmt(r['pyro_nf_kl_se'])}",
+            f"{_fmt(r['pyro_kl'])} ± {_fmt(r['pyro_kl_se'])}",
+            f"{_fmt(r['kl_ratio'], 2)}x", _fmt(r["pyro_nf_fit_s"], 1), _fmt(r["pyro_fit_s"], 1),
+            f"{_fmt(r['speedup'], 2)}x", "" if ref is None else f"{ref}", target,
+        ])  # fmt: skip
+    return format_table(headers, body)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--energies", nargs="+", default=list(ENERGIES), choices=ENERGIES)
+    p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
+    p.add_argument("--depths", nargs="+", type=int, default=list(DEPTHS))
+    p.add_argument("--libraries", nargs="+", default=list(LIBRARIES), choices=LIBRARIES)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--steps", type=int, default=10_000, help="optimizer steps per fit")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument(
+        "--anneal-steps",
+        type=int,
+        default=None,
+        help="T of beta_t = min(1, 0.01 + t/T) (default: steps // 10)",
+    )
+    p.add_argument("--kl-samples", type=int, default=200_000)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: U1, planar and radial, K=2, 200 steps, 20k KL samples",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the runs already in --out with the same settings and skip them",
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="JSON file (default results/energies.json)"
+    )
+    p.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="run nothing: merge the runs of these JSON files (e.g. from parallel runs) into "
+        "--out and print the combined table",
+    )
+    args = p.parse_args(argv)
+    if args.quick:
+        args.energies, args.families, args.depths = ["U1"], ["planar", "radial"], [2]
+        args.steps, args.kl_samples = 200, 20_000
+    if args.anneal_steps is None:
+        args.anneal_steps = max(1, args.steps // 10)
+    if args.out is None:
+        args.out = QUICK_OUT if args.quick else DEFAULT_OUT
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    set_threads(args.threads)
+    records: list[dict[str, Any]] = []
+    if args.resume and args.out.exists():
+        records = json.loads(args.out.read_text(encoding="utf-8")).get("runs", [])
+    for path in args.merge or ():
+        records += json.loads(path.read_text(encoding="utf-8")).get("runs", [])
+    done = {_key(r) for r in records}
+    payload = {
+        "benchmark": "energies",
+        "description": "KL(q||p) = log Z - ELBO after reverse-KL fits to U1-U4; pyro-nf vs Pyro "
+        "built-in flows, equal budgets (same loop, steps, batch, Adam lr + cosine "
+        "decay, annealing, seeds).",
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "pyro_reference": {f"{f}/K={k}/{u}": v for (f, k, u), v in PYRO_REFERENCE.items()},
+        "targets": {f"{f}/K={k}/{u}": v for (f, k, u), v in TARGETS.items()},
+    }
+    if args.merge:
+        save_json(args.out, {**payload, "summary": summarize(records), "runs": records})
+    grid = (
+        []
+        if args.merge
+        else [
+            (u, f, k, s)
+            for f in args.families
+            for k in args.depths
+            for u in args.energies
+            for s in args.seeds
+        ]
+    )
+    for i, (energy, family, depth, seed) in enumerate(grid):
+        order = args.libraries if i % 2 == 0 else args.libraries[::-1]  # alternate: fair drift
+        for library in order:
+            probe = {
+                "library": library,
+                "energy": energy,
+                "family": family,
+                "depth": depth,
+                "seed": seed,
+                "steps": args.steps,
+                "batch_size": args.batch_size,
+                "lr": args.lr,
+                "anneal_steps": args.anneal_steps,
+            }
+            if _key(probe) in done:
+                continue
+            r = run_one(library, energy, family, depth, seed, args)
+            records.append(r)
+            print(
+                f"[{i + 1}/{len(grid)}] {library:8s} {energy} {family:6s} K={depth:<2d} "
+                f"seed={seed} steps={args.steps}: KL={_fmt(r['kl'])} ± {_fmt(r['kl_se'])} "
+                f"fit {r['fit_s']:.1f}s ({r['status']})",
+                flush=True,
+            )
+            rows = summarize(records)
+            save_json(args.out, {**payload, "summary": rows, "runs": records})
+    rows = summarize(records)
+    print()
+    print(format_rows(rows))
+    print(
+        f"\nKL ratio = pyro-nf KL / Pyro KL (< 1: pyro-nf closer to the target); speedup = Pyro "
+        f"fit time / pyro-nf fit time. Saved {args.out}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
