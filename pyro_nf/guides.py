@@ -80,6 +80,10 @@ def _build_inner_flow(
         depth = _DEFAULT_DEPTH[spec] if depth is None else depth
         if spec in ("realnvp", "nice") and dim < 2:
             raise ValueError(f"flow: {spec!r} needs a latent dimension >= 2, the model has {dim}")
+        if spec == "iaf":
+            # guides need a wide range of scales (a funnel's width varies by orders of magnitude):
+            # the affine update reaches e^{±3} per layer, Kingma's gated update ~[0.16, 1.4]
+            kwargs.setdefault("update", "affine")
         return FLOW_FAMILIES[spec](dim, depth=depth, base="standard", **kwargs)
     flow = spec(dim) if not isinstance(spec, Flow) and callable(spec) else spec
     if not isinstance(flow, Flow):
@@ -118,7 +122,7 @@ class FlowGuide(AutoContinuous):
 
     Args:
         model: a Pyro model.
-        flow: ``"iaf"`` (default), ``"planar"``, ``"radial"``, ``"maf"``, ``"realnvp"``,
+        flow: ``"iaf"`` (default; affine update, see :func:`~pyro_nf.iaf`), ``"planar"``, ``"radial"``, ``"maf"``, ``"realnvp"``,
             ``"nice"``; or a directly parameterized :class:`~pyro_nf.Flow` of the latent
             dimension; or a callable ``dim -> Flow``.
         depth: number of flow layers (family default if ``None``: IAF 2, planar/radial 8, ...).

@@ -15,7 +15,7 @@ import pyro_nf
 def test_report_passes_a_good_guide_and_flags_a_poor_one():
     pyro.set_rng_seed(0)
     good = pyro_nf.FlowGuide(gaussian_model, flow="iaf")
-    pyro_nf.fit(gaussian_model, good, steps=300, num_particles=8, progress=False)
+    pyro_nf.fit(gaussian_model, good, steps=3000, num_particles=8, progress=False)
     report = good.report(num_samples=1000)
     assert report.khat < 0.5 and report.verdict == "good" and report.trustworthy
     assert report.ess > 500 and report.converged is not None

@@ -1,13 +1,13 @@
 r"""The VAE benchmark datasets with the likelihood each one calls for.
 
-=========== ======================= =============== ==========================================
-name        splits (train/valid/test) pixels         likelihood
-=========== ======================= =============== ==========================================
-``mnist``   50000 / 10000 / 10000   28x28 binary    Bernoulli (static binarization)
-``caltech`` 4100 / 2264 / 2307      28x28 binary    Bernoulli (seeded split, not "split1")
-``frey``    1565 / 200 / 200        28x20 grey      discretized logistic, 256 levels (nats/image)
-``digits``  1197 / 300 / 300        8x8 binary      Bernoulli (grey level > 8; no download)
-=========== ======================= =============== ==========================================
+=========== ========================= =============== ==========================================
+name        splits (train/valid/test) pixels          likelihood
+=========== ========================= =============== ==========================================
+``mnist``   50000 / 10000 / 10000     28x28 binary    Bernoulli (static binarization)
+``caltech`` 4100 / 2264 / 2307        28x28 binary    Bernoulli (seeded split, not "split1")
+``frey``    1565 / 200 / 200          28x20 grey      discretized logistic, 256 levels (nats/image)
+``digits``  1197 / 300 / 300          8x8 binary      Bernoulli (grey level > 8; no download)
+=========== ========================= =============== ==========================================
 
 The files are read by :mod:`pyro_nf.datasets` from :func:`~pyro_nf.datasets.default_data_dir`
 (or ``data_dir``); ``digits`` needs only scikit-learn.
