@@ -41,7 +41,7 @@ from torch import nn
 
 from .._validation import check_positive_int
 from ..distribution import FlowDistribution
-from ..flow import Flow, iaf, planar, radial
+from ..flow import Flow, iaf, nice, planar, radial, realnvp
 from ..layers import DiagonalAffineLayer
 
 __all__ = [
@@ -52,7 +52,17 @@ __all__ = [
 ]
 
 #: the posterior kinds :func:`make_posterior` knows.
-FLOWS = ("diag", "planar", "radial", "iaf", "pyro-diag", "pyro-planar", "pyro-iaf")
+FLOWS = (
+    "diag",
+    "planar",
+    "radial",
+    "iaf",
+    "realnvp",
+    "nice",
+    "pyro-diag",
+    "pyro-planar",
+    "pyro-iaf",
+)
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 _SOFTPLUS_INV_1 = math.log(math.e - 1.0)
@@ -156,7 +166,7 @@ def make_posterior(
 
     Args:
         kind: one of :data:`FLOWS`: ``"diag"`` (diagonal Gaussian, depth 0), ``"planar"``,
-            ``"radial"``, ``"iaf"`` (pyro-nf); ``"pyro-diag"`` (a plain Pyro ``Normal``),
+            ``"radial"``, ``"iaf"``, ``"realnvp"``, ``"nice"`` (pyro-nf); ``"pyro-diag"`` (a plain Pyro ``Normal``),
             ``"pyro-planar"``, ``"pyro-iaf"`` (Pyro's built-in conditional flows).
         dim: latent dimension ``D``.
         context_dim: encoder context size ``H``.
@@ -179,7 +189,7 @@ def make_posterior(
         raise ValueError(f"kind: expected one of {FLOWS}, got {kind!r}")
     if kind == "diag":
         return Flow(dim, [DiagonalAffineLayer(dim, amortized=True)], context_dim=context_dim)
-    default_depth = 2 if kind in ("iaf", "pyro-iaf") else 10
+    default_depth = {"iaf": 2, "pyro-iaf": 2, "realnvp": 4, "nice": 4}.get(kind, 10)
     depth = default_depth if depth is None else check_positive_int("depth", depth)
     if kind == "planar":
         return planar(dim, depth, context_dim=context_dim)
@@ -187,6 +197,11 @@ def make_posterior(
         return radial(dim, depth, context_dim=context_dim)
     if kind == "iaf":
         return iaf(dim, depth, context_dim=context_dim, hidden=hidden)
+    if kind in ("realnvp", "nice"):
+        if dim < 2:
+            raise ValueError(f"dim: coupling posteriors need a latent dimension >= 2, got {dim}")
+        builder = realnvp if kind == "realnvp" else nice
+        return builder(dim, depth, context_dim=context_dim, hidden=hidden)
     if kind == "pyro-diag":
         return PyroConditionalPosterior(dim, context_dim, [])
     if kind == "pyro-planar":
