@@ -382,8 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--steps",
         type=_positive_int,
-        default=2000,
-        help="optimization steps per fit (default: 2000)",
+        default=1000,
+        help="optimization steps per fit (default: 1000; about half a minute of CPU in all)",
     )
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quick", action="store_true", help="a few hundred steps (smoke test)")
