@@ -29,6 +29,8 @@ encoder (the building block of flow VAEs).
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack, nullcontext
 from typing import Any
@@ -45,7 +47,7 @@ from torch import nn
 from . import flow as flows
 from ._validation import check_positive_int
 from .flow import Flow
-from .laplace import find_mode, gaussian_elbo, laplace_approximation
+from .laplace import LaplaceFallbackWarning, find_mode, gaussian_elbo, laplace_approximation
 from .layers import DiagonalAffineLayer, FixedAffineLayer, LowerTriangularAffineLayer
 from .report import TrustReport, diagnose
 from .transforms import ChainTransform
@@ -65,7 +67,7 @@ FLOW_FAMILIES: dict[str, Callable[..., Flow]] = {
 #: Up to this many latent dimensions, ``affine="auto"`` uses a full lower-triangular affine map.
 MAX_FULL_AFFINE_DIM = 200
 
-_DEFAULT_DEPTH = {"iaf": 2, "maf": 2, "planar": 8, "radial": 8, "realnvp": 4, "nice": 4}
+_DEFAULT_DEPTH = {"iaf": 1, "maf": 2, "planar": 8, "radial": 8, "realnvp": 4, "nice": 4}
 
 
 def _build_inner_flow(
@@ -125,7 +127,7 @@ class FlowGuide(AutoContinuous):
         flow: ``"iaf"`` (default; affine update, see :func:`~pyro_nf.iaf`), ``"planar"``, ``"radial"``, ``"maf"``, ``"realnvp"``,
             ``"nice"``; or a directly parameterized :class:`~pyro_nf.Flow` of the latent
             dimension; or a callable ``dim -> Flow``.
-        depth: number of flow layers (family default if ``None``: IAF 2, planar/radial 8, ...).
+        depth: number of flow layers (family default if ``None``: IAF 1, planar/radial 8, ...).
         init_loc_fn: per-site initialisation, as for Pyro's autoguides (default
             ``init_to_median``).
         init: how the Gaussian the flow starts from is found (see the module docstring):
@@ -134,7 +136,8 @@ class FlowGuide(AutoContinuous):
             with a diagonal fallback and a warning when it is not positive definite);
             ``"map"``: the mode with ``init_scale``; ``"loc"``: ``init_loc_fn`` with
             ``init_scale``, as Pyro's autoguides do.
-        init_scale: initial standard deviation where no curvature is used (> 0).
+        init_scale: initial standard deviation where no curvature is used (> 0; default 1, the
+            scale of a standardized latent: on a funnel, 1 beats 0.1 by 1.4 nats of ELBO).
         affine: the final affine map: ``"full"`` (lower-triangular, i.e. a full-covariance
             Gaussian base, like ``AutoMultivariateNormal``), ``"diagonal"``, or ``"auto"``
             (default: full up to ``MAX_FULL_AFFINE_DIM`` latent dimensions, else diagonal).
@@ -161,7 +164,7 @@ class FlowGuide(AutoContinuous):
         depth: int | None = None,
         *,
         init_loc_fn: Callable = init_to_median,
-        init_scale: float = 0.1,
+        init_scale: float = 1.0,
         affine: str = "auto",
         init: str = "laplace",
         **flow_kwargs: Any,
@@ -262,19 +265,33 @@ class FlowGuide(AutoContinuous):
             return {"loc": loc, "init": "loc", **plain}
 
         def log_density(u: torch.Tensor) -> torch.Tensor:
-            return self._unconstrained_log_density(u, args, kwargs)
+            try:
+                return self._unconstrained_log_density(u, args, kwargs)
+            except (ValueError, RuntimeError):  # e.g. a scale that underflowed to 0 in the model
+                return (u * 0).sum() - math.inf
 
-        with pyro.poutine.block():
-            if self._init == "map":
-                mode = find_mode(log_density, loc)
-                return {"loc": mode.mode, "init": "map", "mode": mode, **plain}
-            mode, tril, kind = laplace_approximation(
-                log_density, loc, fallback_scale=self._init_scale
+        try:
+            with pyro.poutine.block():
+                if self._init == "map":
+                    mode = find_mode(log_density, loc)
+                    return {"loc": mode.mode, "init": "map", "mode": mode, **plain}
+                mode, tril, kind = laplace_approximation(
+                    log_density, loc, fallback_scale=self._init_scale
+                )
+                # A mode need not be representative (a funnel's density peaks in its neck): keep
+                # the Laplace start only if its ELBO beats the init_loc_fn start's.
+                elbo_laplace = gaussian_elbo(log_density, mode.mode, tril)
+                elbo_loc = gaussian_elbo(log_density, loc, self._init_scale * eye)
+        except (ValueError, RuntimeError) as err:  # no usable mode (e.g. an unbounded density)
+            warnings.warn(
+                f"FlowGuide: the {self._init} initialisation failed ({type(err).__name__}: "
+                f"{str(err).splitlines()[0][:200]}); starting from init_loc_fn and init_scale",
+                LaplaceFallbackWarning,
+                stacklevel=4,
             )
-            # A mode need not be representative (a funnel's density peaks in its neck): keep the
-            # Laplace start only if its ELBO beats the init_loc_fn start's.
-            elbo_laplace = gaussian_elbo(log_density, mode.mode, tril)
-            elbo_loc = gaussian_elbo(log_density, loc, self._init_scale * eye)
+            return {"loc": loc, "init": f"loc ({self._init} failed)", **plain}
+        if not math.isfinite(elbo_laplace) or not bool(torch.isfinite(mode.mode).all()):
+            elbo_laplace = -math.inf
         info = {"mode": mode, "elbo_laplace": elbo_laplace, "elbo_init_loc": elbo_loc}
         if elbo_laplace >= elbo_loc:
             return {

@@ -134,8 +134,8 @@ def find_mode(
                 with torch.no_grad():
                     u.copy_(best_u)
                 continue
-            if float(value) > best:
-                best, best_u = float(value), u.detach().clone()
+            if float(value.detach()) > best:
+                best, best_u = float(value.detach()), u.detach().clone()
             (-value).backward()
             adam.step()
             sched.step()

@@ -308,3 +308,27 @@ def test_singular_hessian_falls_back_with_a_clear_warning():
     ):
         guide()
     assert guide._init_info["init"] == "laplace (diagonal)"
+
+
+def test_unbounded_density_falls_back_to_init_loc_with_a_warning():
+    """Centered eight schools: the density grows without bound as tau -> 0 (no mode)."""
+    y = torch.tensor([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
+    sigma = torch.tensor([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
+
+    def model():
+        mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+        tau = pyro.sample("tau", dist.HalfCauchy(5.0))
+        with pyro.plate("schools", 8):
+            theta = pyro.sample("theta", dist.Normal(mu, tau))
+            pyro.sample("y", dist.Normal(theta, sigma), obs=y)
+
+    for seed in (1, 2):  # seeds on which the mode search runs into tau = 0
+        pyro.clear_param_store()
+        pyro.set_rng_seed(seed)
+        guide = pyro_nf.FlowGuide(model)
+        guide()
+        assert guide._init_info["init"].startswith("loc")
+        history = pyro_nf.fit(
+            model, guide, steps=200, num_particles=4, progress=False, early_stopping=None
+        )
+        assert all(torch.isfinite(torch.tensor(history.losses)))
