@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import sys
 import time
 import warnings
@@ -60,6 +61,7 @@ from typing import Any
 import pyro
 import torch
 from pyro.infer.autoguide import AutoIAFNormal, AutoMultivariateNormal, AutoNormal
+from pyro.infer.autoguide.initialization import init_to_feasible
 from pyro.infer.importance import vectorized_importance_weights
 
 import pyro_nf
@@ -161,13 +163,22 @@ VARIANTS: dict[str, tuple[dict[str, Any], Any]] = {
     "cosine": ({}, {"lr_schedule": "cosine", "early_stopping": None}),
     "no_stop": ({}, {"early_stopping": None}),
     "lr3e-3": ({}, {"lr": 3e-3}),
+    "lr3e-2": ({}, {"lr": 3e-2}),
+    "affine_diagonal": ({"affine": "diagonal"}, {}),
+    "init_feasible_lr3e-2": ({"init_loc_fn": init_to_feasible}, {"lr": 3e-2}),
     "depth4": ({"depth": 4}, {}),
     "init_loc_particles8": ({"init": "loc"}, {"num_particles": 8}),
     "init_loc_depth4": ({"init": "loc", "depth": 4}, {}),
     "float64": ({}, {}),  # the model's data in float64 (Laplace Hessian in double precision)
     "float64_particles8": ({}, {"num_particles": 8}),
     "plateau_decay": ({}, _plateau_decay),
+    "plateau_decay_particles8": ({}, lambda: {**_plateau_decay(), "num_particles": 8}),
+    "init_feasible": ({"init_loc_fn": init_to_feasible}, {}),
+    "init_feasible_plateau_decay": ({"init_loc_fn": init_to_feasible}, _plateau_decay),
+    "init_feasible_particles8": ({"init_loc_fn": init_to_feasible}, {"num_particles": 8}),
     "affine_update": ({"update": "affine"}, {}),
+    "sigmoid_update": ({"update": "sigmoid"}, {}),
+    "sigmoid_update_plateau_decay": ({"update": "sigmoid"}, _plateau_decay),
     "affine_update_depth4": ({"update": "affine", "depth": 4}, {}),
     "affine_update_particles8": ({"update": "affine"}, {"num_particles": 8}),
     "init_loc_plateau_decay": ({"init": "loc"}, _plateau_decay),
@@ -409,8 +420,15 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str
     return "\n".join(lines)
 
 
-def model_verdict(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The verdict for one model from its rows (FlowGuide default vs Pyro's guides)."""
+def model_verdict(rows: Sequence[dict[str, Any]], floor: dict[str, float] | None = None):
+    """The verdict for one model from its rows (FlowGuide default vs Pyro's guides).
+
+    ``target_met``: FlowGuide is accurate (``mean err <= 0.1`` and ``log sd <= 0.1``) or flagged
+    by ``k-hat > 0.7`` (:func:`pyro_nf.psis_khat`); ``beats_pyro``: its ``max(mean err, log
+    sd)`` is below every Pyro guide's; ``pass``: both. ``flagged_by_report`` records whether
+    :meth:`FlowGuide.report` said "DO NOT TRUST" (it also counts non-convergence, and uses its
+    own draws). ``mc_floor``: the errors Monte Carlo noise alone reaches (95%), for context.
+    """
     flow = next(r for r in rows if r["guide"] == FLOWGUIDE)
     pyro_rows = [r for r in rows if r["guide"] in PYRO_GUIDES]
     accurate = flow["mean_err"] <= TOL_MEAN and flow["log_sd_err"] <= TOL_LOG_SD
@@ -422,14 +440,15 @@ def model_verdict(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     elif flagged:
         status, target = "inaccurate, flagged by k-hat", True
     else:
-        status, target = "MISSED: inaccurate and not flagged", False
+        status, target = "MISSED: inaccurate and k-hat <= 0.7", False
     best_pyro = min(pyro_rows, key=score) if pyro_rows else None
     beats = None
     if best_pyro is not None and not math.isnan(score(flow)):
         beats = score(flow) < score(best_pyro)
     text = (
         f"{flow['model']}: FlowGuide {status} (mean err {_f(flow['mean_err'])}, log sd "
-        f"{_f(flow['log_sd_err'])}, k-hat {_f(flow['khat'], '.2f')})"
+        f"{_f(flow['log_sd_err'])}, k-hat {_f(flow['khat'], '.2f')}, report: "
+        f"{'trustworthy' if flow['trustworthy'] else 'DO NOT TRUST'})"
     )
     if best_pyro is not None:
         text += (
@@ -437,13 +456,57 @@ def model_verdict(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             f"log sd {_f(best_pyro['log_sd_err'])}, k-hat {_f(best_pyro['khat'], '.2f')}) -> "
             + ("FlowGuide better" if beats else "FlowGuide NOT better" if beats is False else "n/a")
         )
+    if floor:
+        text += f" [MC floor {floor['mean_err_95']:.3f} / {floor['log_sd_err_95']:.3f}]"
     return {
         "status": status,
         "target_met": target,
         "beats_pyro": beats,
         "pass": bool(target and beats) if target is not None and beats is not None else None,
+        "flagged_by_khat": flagged,
+        "flagged_by_report": not flow["trustworthy"],
+        "mc_floor": floor,
         "text": text,
     }
+
+
+AGG_HEADERS = [
+    "model",
+    "guide",
+    "seeds",
+    "mean err (median / max)",
+    "log sd (median / max)",
+    "k-hat (median / max)",
+    "steps (median)",
+    "ms/step",
+]
+
+
+def aggregate_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """One line per (model, guide) over seeds: medians and maxima."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["guide"]), []).append(r)
+    out = []
+    for (model, guide), rs in groups.items():
+
+        def med_max(key: str, spec: str = ".3f", rs=rs) -> str:
+            vals = [r[key] for r in rs]
+            return f"{_f(statistics.median(vals), spec)} / {_f(max(vals), spec)}"
+
+        out.append(
+            [
+                model,
+                guide,
+                str(len(rs)),
+                med_max("mean_err"),
+                med_max("log_sd_err"),
+                med_max("khat", ".2f"),
+                f"{statistics.median(r['steps'] for r in rs):.0f}",
+                f"{statistics.median(r['ms_per_step'] for r in rs):.2f}",
+            ]
+        )
+    return out
 
 
 # -- main ----------------------------------------------------------------------------------------
@@ -461,7 +524,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (all guides)")
     p.add_argument("--num-particles", type=int, default=1, help="ELBO particles (all guides)")
     p.add_argument("--samples", type=int, default=20000, help="guide draws for the moments")
-    p.add_argument("--khat-samples", type=int, default=4000, help="draws for psis_khat")
+    p.add_argument("--khat-samples", type=int, default=10000, help="draws for psis_khat")
     p.add_argument("--reweight-samples", type=int, default=20000, help="reweighted_summary draws")
     p.add_argument("--report-samples", type=int, default=2000, help="guide.report draws")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (one run per seed)")
@@ -541,11 +604,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             for seed in opts.seeds:
                 sel = [r for r in rows if r["model"] == name and r["seed"] == seed]
                 key = name if len(opts.seeds) == 1 else f"{name}[seed {seed}]"
-                verdicts[key] = model_verdict(sel)
+                floor = (references.get(name) or {}).get("mc_floor")
+                verdicts[key] = model_verdict(sel, floor)
     table = format_table(HEADERS, table_rows(rows))
     markdown = markdown_table(HEADERS, table_rows(rows))
     inv_table = format_table(HEADERS, table_rows(investigation)) if investigation else ""
     inv_markdown = markdown_table(HEADERS, table_rows(investigation)) if investigation else ""
+    agg_table = agg_markdown = ""
+    if len(opts.seeds) > 1:
+        agg = aggregate_rows([*rows, *investigation])
+        agg_table, agg_markdown = format_table(AGG_HEADERS, agg), markdown_table(AGG_HEADERS, agg)
     total = time.perf_counter() - t_start
 
     print()
@@ -559,6 +627,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if investigation:
         print("\nInvestigation (FlowGuide with non-default arguments):")
         print(inv_table)
+    if agg_table:
+        print(f"\nOver seeds {opts.seeds}:")
+        print(agg_table)
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")
     print(f"\ntotal {total:.0f}s")
@@ -580,6 +651,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "markdown": markdown,
         "investigation_table": inv_table,
         "investigation_markdown": inv_markdown,
+        "seeds_table": agg_table,
+        "seeds_markdown": agg_markdown,
         "total_wall_s": total,
     }
     path = save_json(opts.out, payload)
