@@ -350,10 +350,14 @@ class FlowGuide(AutoContinuous):
             if seed is not None:
                 torch.manual_seed(seed)
             latent = self.flow().sample((num_samples,))
-        return {
-            site["name"]: biject_to(site["fn"].support)(u)
-            for site, u in self._unpack_latent(latent)
-        }
+        out, pos = {}, 0
+        for name, site in self.prototype_trace.iter_stochastic_nodes():
+            shape = self._unconstrained_shapes[name]
+            size = math.prod(shape)
+            u = latent[:, pos : pos + size].reshape(num_samples, *shape)  # sites in plates too
+            out[name] = biject_to(site["fn"].support)(u)
+            pos += size
+        return out
 
     def report(self, *args: Any, num_samples: int = 2000, **kwargs: Any) -> TrustReport:
         """The trust report of this guide for ``model(*args, **kwargs)``: ELBO, convergence (from

@@ -332,3 +332,16 @@ def test_unbounded_density_falls_back_to_init_loc_with_a_warning():
             model, guide, steps=200, num_particles=4, progress=False, early_stopping=None
         )
         assert all(torch.isfinite(torch.tensor(history.losses)))
+
+
+def test_posterior_summaries_of_sites_inside_plates():
+    def model():
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("groups", 4):
+            pyro.sample("theta", dist.Normal(mu, 1.0))
+
+    guide = pyro_nf.FlowGuide(model, init="loc")
+    guide()
+    samples = guide.sample_posterior(100, seed=0)
+    assert samples["mu"].shape == (100,) and samples["theta"].shape == (100, 4)
+    assert guide.quantiles([0.5])["theta"].shape == (1, 4)
