@@ -96,7 +96,7 @@ class PyroFlow(nn.Module):
         super().__init__()
         self.loc = nn.Parameter(torch.zeros(dim))
         self.raw_scale = nn.Parameter(torch.full((dim,), math.log(math.e - 1.0)))  # softplus⁻¹(1)
-        layers: list[nn.Module] = []
+        layers: list[T.Transform] = []
         for k in range(depth):
             if family == "planar":
                 layers.append(T.Planar(dim))
@@ -109,7 +109,8 @@ class PyroFlow(nn.Module):
                 layers.append(T.AffineAutoregressive(net, stable=True))
             else:
                 raise ValueError(f"family: expected one of {FAMILIES}, got {family!r}")
-        self.transforms = nn.ModuleList(layers)
+        self.transforms = layers  # the permutations are not modules:
+        self.layers = nn.ModuleList([t for t in layers if isinstance(t, nn.Module)])
 
     def forward(self) -> dist.TransformedDistribution:
         base = dist.Normal(self.loc, F.softplus(self.raw_scale)).to_event(1)
@@ -185,6 +186,14 @@ def run_one(
     else:
         record.update(kl=math.nan, kl_se=math.nan)
     return record
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
 
 
 def _key(r: dict[str, Any]) -> tuple:
@@ -332,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         "description": "KL(q||p) = log Z - ELBO after reverse-KL fits to U1-U4; pyro-nf vs Pyro "
         "built-in flows, equal budgets (same loop, steps, batch, Adam lr + cosine "
         "decay, annealing, seeds).",
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "settings": {k: _jsonable(v) for k, v in vars(args).items()},
         "pyro_reference": {f"{f}/K={k}/{u}": v for (f, k, u), v in PYRO_REFERENCE.items()},
         "targets": {f"{f}/K={k}/{u}": v for (f, k, u), v in TARGETS.items()},
     }

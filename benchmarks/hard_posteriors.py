@@ -6,8 +6,9 @@ schools, Neal's 10-D funnel, a centered 50-group varying-slopes model) this fits
 **same step budget, learning rate and number of particles**:
 
 * ``FlowGuide`` — ``pyro_nf.FlowGuide(model)`` and ``pyro_nf.fit(model, guide, *args,
-  steps=S, lr=lr, num_particles=P)`` with every other setting at its default (IAF depth 2,
-  Laplace initialisation, early stopping on the smoothed ELBO — a run may stop before ``S``);
+  steps=S, lr=lr, num_particles=P)`` with every other setting at its default (flow family,
+  depth, Laplace initialisation, early stopping on the smoothed ELBO — a run may stop before
+  ``S``; the JSON's ``library`` entry identifies the code whose defaults were measured);
 * Pyro's ``AutoNormal``, ``AutoMultivariateNormal`` and ``AutoIAFNormal`` with their default
   constructors, fitted by the same loop (``pyro_nf.fit(..., early_stopping=None)``: torch Adam at
   ``lr`` over every parameter, ``Trace_ELBO`` with ``P`` particles, all ``S`` steps).

@@ -201,29 +201,52 @@ def laplace_scale_tril(
 
 
 def newton_refine(
-    log_density: Callable[[torch.Tensor], torch.Tensor], mode: torch.Tensor, steps: int = 10
+    log_density: Callable[[torch.Tensor], torch.Tensor], mode: torch.Tensor, steps: int = 50
 ) -> torch.Tensor:
-    r"""Polish a mode with damped Newton steps :math:`u \leftarrow u + t\,P^{-1}\nabla\ell`
-    (:math:`P = -\nabla^2\ell`, backtracking on :math:`t`), exact on quadratics whatever their
-    conditioning; stops when no step improves ``ℓ`` or ``P`` is not positive definite."""
+    r"""Polish (or find) a mode with Levenberg–Marquardt-damped Newton steps.
+
+    Each step solves :math:`(P + \lambda\,\mathrm{diag}|P_{ii}|)\,\delta = \nabla\ell` with
+    :math:`P = -\nabla^2\ell` (in float64) and accepts :math:`u + \delta` if it does not lower
+    ``ℓ``; the damping :math:`\lambda` shrinks tenfold after an accepted step and grows tenfold
+    after a rejected one or when the damped matrix is not positive definite. Near a mode this is
+    Newton's method (exact on quadratics whatever their conditioning); far from one, or where
+    :math:`P` is indefinite, it takes short scaled gradient steps. Stops when a step gains less
+    than ``1e-12 (1 + |ℓ|)``, when no damping up to ``1e10`` helps, or after ``steps`` steps.
+
+    Example:
+        >>> prec = torch.tensor([[1e4, 99.0], [99.0, 1.0]], dtype=torch.float64)  # rho = -0.99
+        >>> logp = lambda u: -0.5 * (u - 1.0) @ prec @ (u - 1.0) - (u[1] - 1.0) ** 4
+        >>> u = newton_refine(logp, torch.tensor([30.0, -40.0], dtype=torch.float64))
+        >>> torch.allclose(u, torch.ones(2, dtype=torch.float64))
+        True
+    """
     u = mode.detach().clone()
     value, grad = _value_and_grad(log_density, u)
+    damping = 1e-4
     for _ in range(steps):
-        precision = -torch.autograd.functional.hessian(log_density, u)
-        chol, info = torch.linalg.cholesky_ex(0.5 * (precision + precision.T))
-        if int(info) != 0 or not bool(torch.isfinite(grad).all()):
+        if not (bool(torch.isfinite(grad).all()) and math.isfinite(float(value))):
             break
-        step = torch.cholesky_solve(grad.unsqueeze(-1), chol).squeeze(-1)
-        t, improved = 1.0, False
-        while t > 1e-4:
-            candidate = u + t * step
-            with torch.no_grad():
-                new_value = log_density(candidate)
-            if bool(torch.isfinite(new_value)) and float(new_value) >= float(value):
-                improved = True
-                break
-            t *= 0.5
-        if not improved:
+        hess = torch.autograd.functional.hessian(log_density, u).double()
+        precision = -0.5 * (hess + hess.T)
+        if not bool(torch.isfinite(precision).all()):
+            break
+        scaling = precision.diagonal().abs()
+        scaling = torch.where(scaling > 0, scaling, torch.ones_like(scaling))
+        g = grad.double().unsqueeze(-1)
+        accepted = False
+        while damping <= 1e10:
+            chol, info = torch.linalg.cholesky_ex(precision + damping * torch.diag(scaling))
+            if int(info) == 0:
+                step = torch.cholesky_solve(g, chol).squeeze(-1).to(u.dtype)
+                candidate = u + step
+                with torch.no_grad():
+                    new_value = log_density(candidate)
+                if bool(torch.isfinite(new_value)) and float(new_value) >= float(value):
+                    accepted = True
+                    damping = max(damping / 10.0, 1e-12)
+                    break
+            damping *= 10.0
+        if not accepted:
             break
         gain = float(new_value) - float(value)
         u = candidate.detach()

@@ -30,7 +30,7 @@ from pyro.infer.importance import vectorized_importance_weights
 from ._validation import check_positive_int
 from .train import EarlyStopping, History, train
 
-__all__ = ["fit", "make_elbo", "RenyiBound", "ConvergenceWarning"]
+__all__ = ["fit", "make_elbo", "RenyiBound", "ConvergenceWarning", "default_early_stopping"]
 
 
 class ConvergenceWarning(UserWarning):
@@ -162,6 +162,18 @@ def _trainable_parameters(
     return used
 
 
+def default_early_stopping(steps: int) -> EarlyStopping:
+    """The convergence rule :func:`fit` uses by default for a budget of ``steps``.
+
+    Example:
+        >>> default_early_stopping(5000)
+        EarlyStopping(patience=500, min_delta=0.0, rel_delta=0.0001, smoothing=0.02, min_steps=0, lr_decays=2, decay_factor=0.1)
+    """
+    return EarlyStopping(
+        patience=max(200, min(500, steps // 10)), smoothing=0.02, lr_decays=2, decay_factor=0.1
+    )
+
+
 def fit(
     model: Callable,
     guide: Callable,
@@ -185,10 +197,13 @@ def fit(
         steps: maximum number of optimization steps.
         elbo, num_particles, vectorize_particles, alpha, max_plate_nesting: see :func:`make_elbo`.
         lr: learning rate (Adam by default).
-        early_stopping: ``True`` (default): stop when the smoothed ELBO stops improving
-            (:class:`~pyro_nf.train.EarlyStopping` with patience ``clip(steps // 5, 200, 1000)``
-            steps and smoothing 0.02); a :class:`ConvergenceWarning` says when ``steps`` ran out first. ``None`` runs
-            all ``steps``.
+        early_stopping: ``True`` (default): when the smoothed ELBO stops improving, divide the
+            learning rate by 10, twice, then stop at the next plateau
+            (:class:`~pyro_nf.train.EarlyStopping` with patience ``clip(steps // 10, 200, 500)``
+            steps, smoothing 0.02, ``lr_decays=2``); the decays shrink the jitter of the final
+            iterate, which is proportional to the learning rate. A :class:`ConvergenceWarning`
+            says when ``steps`` ran out first. ``None`` runs all ``steps`` at ``lr`` (or its
+            ``lr_schedule``).
         model_kwargs: keyword arguments of the model and guide.
         **train_kwargs: passed to :func:`pyro_nf.train.train` (``optimizer``, ``lr_schedule``,
             ``clip_norm``, ``early_stopping``, ``checkpoint``, ``progress``, ...).
@@ -215,7 +230,7 @@ def fit(
 
     train_kwargs.setdefault("desc", "SVI")
     if early_stopping is True:
-        early_stopping = EarlyStopping(patience=max(200, min(1000, steps // 5)), smoothing=0.02)
+        early_stopping = default_early_stopping(steps)
     history = train(loss_fn, params, steps, lr=lr, early_stopping=early_stopping, **train_kwargs)
     if early_stopping and history.stop_reason == "max_steps":
         warnings.warn(

@@ -42,6 +42,8 @@ __all__ = ["train", "History", "EarlyStopping", "NaNRestoreWarning", "TrainingDi
 ParamsLike = nn.Module | Mapping[str, torch.Tensor] | Iterable[Any]
 _OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 _FORMAT = "pyro_nf.train/1"
+#: Finite steps in a row after which the count of NaN restores starts again from zero.
+NAN_RECOVERY_STEPS = 100
 
 
 class NaNRestoreWarning(UserWarning):
@@ -77,10 +79,16 @@ class EarlyStopping:
     * ``ema = ema + max(s, 1/n) * (x - ema)``: a running mean for ``n <= 1/s``, then an EMA;
     * ``threshold = max(min_delta, rel_delta * |best|)``; if ``n <= 1/s`` (warm-up) or
       ``ema < best - threshold``, this is a significant improvement: ``best, best_step = ema, t``;
-    * converged at step ``t`` once ``t - best_step >= patience`` and ``t + 1 >= min_steps``.
+    * a *plateau* at step ``t`` once ``t - best_step >= patience`` and ``t + 1 >= min_steps``;
+    * at each of the first ``lr_decays`` plateaus the learning rate of every parameter group (and
+      a schedule's base rates) is multiplied by ``decay_factor``, the step is recorded in
+      ``History.lr_decay_steps`` and the search goes on from ``best, best_step = ema, t``; the
+      next plateau is convergence.
 
     That is, a run stops iff its smoothed value went no lower than ``best - threshold`` for
-    ``patience`` steps. Noise: the EMA's sd is ``sigma * sqrt(s / (2 - s))`` (0.16 sigma at
+    ``patience`` steps at the lowest learning rate. Decaying the rate at a plateau (as torch's
+    ``ReduceLROnPlateau``) shrinks the stationary jitter of stochastic-gradient iterates, which
+    is proportional to the rate, before the run is declared converged. Noise: the EMA's sd is ``sigma * sqrt(s / (2 - s))`` (0.16 sigma at
     ``s = 0.05``, sigma the per-step loss noise). A run whose expected improvement per
     ``patience`` steps exceeds ``threshold`` plus about 5 such sds is practically never stopped;
     a flat noisy loss is stopped within about 1-3 patience windows even at zero threshold.
@@ -88,11 +96,15 @@ class EarlyStopping:
 
     Example:
         >>> EarlyStopping(patience=100, rel_delta=1e-3)
-        EarlyStopping(patience=100, min_delta=0.0, rel_delta=0.001, smoothing=None, min_steps=0)
+        EarlyStopping(patience=100, min_delta=0.0, rel_delta=0.001, smoothing=None, min_steps=0, lr_decays=0, decay_factor=0.1)
         >>> EarlyStopping(patience=0)
         Traceback (most recent call last):
         ...
         ValueError: patience: expected an integer >= 1, got 0
+        >>> EarlyStopping(lr_decays=2, decay_factor=1.5)
+        Traceback (most recent call last):
+        ...
+        ValueError: decay_factor: expected a float in (0, 1), got 1.5
     """
 
     patience: int = 200
@@ -100,14 +112,18 @@ class EarlyStopping:
     rel_delta: float = 1e-4
     smoothing: float | None = None
     min_steps: int = 0
+    lr_decays: int = 0
+    decay_factor: float = 0.1
 
     def __post_init__(self) -> None:
         check_positive_int("patience", self.patience)
         check_positive_int("min_steps", self.min_steps, minimum=0)
+        check_positive_int("lr_decays", self.lr_decays, minimum=0)
         for name in ("min_delta", "rel_delta"):
             _check_float(name, getattr(self, name), "a finite float >= 0", lambda v: v >= 0)
         if self.smoothing is not None:
             _check_float("smoothing", self.smoothing, "a float in (0, 1]", lambda v: 0 < v <= 1)
+        _check_float("decay_factor", self.decay_factor, "a float in (0, 1)", lambda v: 0 < v < 1)
 
 
 @dataclass
@@ -119,7 +135,8 @@ class History:
     (total gradient norm before clipping), ``val_losses`` (``(step, value)`` pairs),
     ``converged`` (early stopping triggered), ``stop_reason`` (``"converged"``,
     ``"max_steps"``, ``"callback"`` or ``"diverged"``), ``best_step`` (lowest validation loss,
-    else lowest smoothed loss), ``num_nan_restores``, ``elapsed`` (seconds, over resumes).
+    else lowest smoothed loss), ``num_nan_restores``, ``lr_decay_steps`` (steps at which early
+    stopping decayed the learning rate at a plateau), ``elapsed`` (seconds, over resumes).
 
     Example:
         >>> h = History(losses=[3.0, 2.0], smoothed=[3.0, 2.9], stop_reason="max_steps")
@@ -136,6 +153,7 @@ class History:
     stop_reason: str = "not started"
     best_step: int | None = None
     num_nan_restores: int = 0
+    lr_decay_steps: list[int] = field(default_factory=list)
     elapsed: float = 0.0
 
     @property
@@ -390,7 +408,9 @@ def train(
             the defaults, or ``None``.
         validate_fn: ``() -> float``, run under ``no_grad`` every ``validate_every`` steps and at
             the last step. Early stopping then monitors it, and with ``restore_best`` the
-            parameters of the lowest validation loss are put back at the end.
+            parameters of the lowest validation loss are put back at the end (the checkpoint
+            keeps the state the run ended in, with the best parameters beside it, so that a
+            resumed run continues from consistent parameters and optimizer state).
         checkpoint: file path; the full state is saved atomically every ``checkpoint_every``
             steps and at the end. With ``resume`` an existing checkpoint is loaded (``ValueError``
             if parameter names/shapes differ) and the run continues bit-identically, with the
@@ -398,9 +418,11 @@ def train(
         nan_policy: on a non-finite loss or gradient norm, ``"restore"`` puts back the
             parameters and optimizer state of the last finite step (from before its update),
             halves the lr and warns :class:`NaNRestoreWarning`; the step still counts (its loss
-            is recorded). After ``max_nan_restores`` consecutive restores the next failure
-            raises :class:`TrainingDivergedError` (a ``RuntimeError``) with the last good
-            parameters in place and checkpointed. ``"restore"`` copies the parameters and
+            is recorded). After ``max_nan_restores`` restores without ``NAN_RECOVERY_STEPS``
+            (100) finite steps in a row between them, the next failure raises
+            :class:`TrainingDivergedError` (a ``RuntimeError``) with the last good parameters in
+            place and checkpointed (so alternating good and failing steps cannot halve the
+            learning rate forever). ``"restore"`` copies the parameters and
             optimizer state every step; ``"raise"`` skips that and raises at the first failure.
         progress, desc: tqdm bar labelled ``desc`` showing the smoothed loss (off when stderr
             is not a TTY).
@@ -439,6 +461,7 @@ def train(
     )
     val_tracker = _Plateau(smoothing or 1.0, **deltas)
     history, start, failures, best_val, best_params = History(), 0, 0, math.inf, None
+    good_streak = 0
     path = os.fspath(checkpoint) if checkpoint is not None else None
 
     if path is not None and resume and os.path.exists(path):
@@ -453,14 +476,13 @@ def train(
             for key in ("count", "ema", "best", "best_step"):
                 setattr(trk, key, saved[key])
         history, start, failures = History(**ckpt["history"]), ckpt["step"], ckpt["failures"]
+        good_streak = ckpt.get("good_streak", 0)
         best_val, best_params = ckpt["best_val"], ckpt["best_params"]
         if best_params is not None:
             best_params = [
                 b.to(p.device, p.dtype) for b, p in zip(best_params, tensors, strict=True)
             ]
         _set_rng_state(ckpt["rng"])
-        if history.stop_reason == "converged":
-            return history
 
     def save(next_step: int) -> None:
         history.elapsed = elapsed0 + time.perf_counter() - t0
@@ -469,6 +491,7 @@ def train(
                 "format": _FORMAT,
                 "step": next_step,
                 "failures": failures,
+                "good_streak": good_streak,
                 "best_val": best_val,
                 "params": {n: p.detach() for n, p in pairs},
                 "optimizer": opt.state_dict(),
@@ -494,6 +517,10 @@ def train(
         if optim_state is not None:  # deep copy: the optimizer must not alias the snapshot
             opt.load_state_dict(copy.deepcopy(optim_state))
 
+    if history.stop_reason == "converged":  # resumed a finished run
+        if use_val and restore_best and best_params is not None:
+            load(best_params)
+        return history
     snap = snapshot() if nan_policy == "restore" else None
     snap_step, history.stop_reason, history.converged = start, "", False
     t0, elapsed0 = time.perf_counter(), history.elapsed
@@ -529,9 +556,11 @@ def train(
                 if snap is not None:
                     snap, snap_step = snapshot(snap), step
                 opt.step()
-                failures = 0
+                good_streak += 1
+                if good_streak >= NAN_RECOVERY_STEPS:
+                    failures = 0
             else:
-                failures += 1
+                failures, good_streak = failures + 1, 0
                 what = f"loss {value}" if not math.isfinite(value) else f"gradient norm {gnorm}"
                 msg = f"step {step}: non-finite {what}"
                 if snap is None or failures > max_nan_restores:
@@ -540,7 +569,8 @@ def train(
                     if snap is not None:
                         load(snap["params"], snap["optim"])
                         msg += (
-                            f" after {max_nan_restores} consecutive restores with halved lr;"
+                            f" after {max_nan_restores} restores with halved lr and fewer "
+                            f"than {NAN_RECOVERY_STEPS} good steps in a row between them;"
                             f" gave up. The parameters are those used at step {snap_step}"
                         )
                     if path is not None:
@@ -561,7 +591,7 @@ def train(
                     f"{msg}; restored the parameters and optimizer state used at step "
                     f"{snap_step} and halved the learning rate to "
                     f"{opt.param_groups[0]['lr']:.3g} (restore {failures} of at most "
-                    f"{max_nan_restores} in a row)",
+                    f"{max_nan_restores} before {NAN_RECOVERY_STEPS} good steps in a row)",
                     NaNRestoreWarning,
                     stacklevel=2,
                 )
@@ -580,7 +610,16 @@ def train(
                         best_params = _clone_into(best_params, [p.detach() for p in tensors])
                     since = val_tracker.update(step, val)
             if es is not None and since >= es.patience and step + 1 >= es.min_steps:
-                history.converged, history.stop_reason = True, "converged"
+                if len(history.lr_decay_steps) < es.lr_decays:
+                    for group in opt.param_groups:
+                        group["lr"] *= es.decay_factor
+                    if hasattr(sched, "base_lrs"):
+                        sched.base_lrs = [b * es.decay_factor for b in sched.base_lrs]
+                    history.lr_decay_steps.append(step)
+                    trk = val_tracker if use_val else tracker
+                    trk.best, trk.best_step = trk.ema, step
+                else:
+                    history.converged, history.stop_reason = True, "converged"
             if not bar.disable:
                 bar.set_postfix(loss=f"{history.smoothed[-1]:.4g}", refresh=False)
                 bar.update(1)
@@ -591,8 +630,6 @@ def train(
             if path is not None and (step + 1) % checkpoint_every == 0:
                 save(step + 1)
     history.stop_reason = history.stop_reason or "max_steps"
-    if use_val and restore_best and best_params is not None:
-        load(best_params)
     finite = [(v, i) for i, v in enumerate(history.smoothed) if math.isfinite(v)]
     history.best_step = (
         min((v, s) for s, v in history.val_losses)[1]
@@ -603,5 +640,7 @@ def train(
     )
     history.elapsed = elapsed0 + time.perf_counter() - t0
     if path is not None and history.num_steps > start:
-        save(history.num_steps)
+        save(history.num_steps)  # the state the run ended in (parameters and optimizer agree)
+    if use_val and restore_best and best_params is not None:
+        load(best_params)
     return history

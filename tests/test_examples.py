@@ -34,3 +34,16 @@ def test_example_quick_run(script, tmp_path):
         f"{script.name} --quick failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     )
     assert any(tmp_path.iterdir()), f"{script.name} --quick wrote nothing to --out"
+
+
+def test_vae_table_rows_subset(tmp_path):
+    """``examples/vae.py --table --rows`` trains exactly the rows asked for, in that order."""
+    import json
+
+    args = ["examples/vae.py", "--quick", "--table", "--rows", "diag", "planar:2"]
+    result = _run([*args, "--out", str(tmp_path)], ROOT, 600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((tmp_path / "vae_table_digits.json").read_text())["rows"]
+    assert [(r["flow"], r["depth"]) for r in rows] == [("diag", 0), ("planar", 2)]
+    bad = _run([*args[:-1], "planar:0", "--out", str(tmp_path)], ROOT, 120)
+    assert bad.returncode == 2 and "--rows: expected FLOW[:DEPTH]" in bad.stderr
