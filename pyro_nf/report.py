@@ -13,6 +13,12 @@ It draws :math:`S` joint samples :math:`z_s \sim q` with their log importance we
   standard deviations) and the marginal scale (as :math:`|\log(\mathrm{sd}_w / \mathrm{sd}_q)|`):
   the sites with the largest shifts are the least reliable ones.
 
+A guide is reported *trustworthy* when :math:`\hat k` is below its threshold, the fit converged
+(if known) and no reweighting shift exceeds ``shift_tolerance`` (0.1: a mean moved by a tenth of
+a standard deviation, or a scale by about 10%). A guide with an acceptable :math:`\hat k` but
+larger shifts is biased by more than that while importance sampling can still correct it: the
+report says so and points to :func:`reweighted_summary`.
+
 :func:`reweighted_summary` returns PSIS-reweighted posterior means and standard deviations,
 which correct the guide's moments when :math:`\hat k` allows it (below about 0.7).
 
@@ -38,7 +44,11 @@ from .diagnostics import _guess_max_plate_nesting
 from .psis import importance_ess, khat_threshold, khat_verdict, log_evidence, psis
 from .train import History
 
-__all__ = ["diagnose", "reweighted_summary", "TrustReport", "SiteReliability"]
+__all__ = ["diagnose", "reweighted_summary", "TrustReport", "SiteReliability", "SHIFT_TOLERANCE"]
+
+#: Largest PSIS reweighting shift of a marginal (mean in guide sds, or |log sd ratio|) for
+#: which :attr:`TrustReport.trustworthy` accepts the guide's own summaries.
+SHIFT_TOLERANCE = 0.1
 
 
 @dataclass(frozen=True)
@@ -66,11 +76,40 @@ class TrustReport:
     stop_reason: str | None = None
     steps: int | None = None
     sites: list[SiteReliability] = field(default_factory=list)
+    shift_tolerance: float = SHIFT_TOLERANCE
+
+    @property
+    def reweighting_reliable(self) -> bool:
+        """``k̂`` below the sample-size dependent threshold (at most 0.7): importance sampling,
+        and so :func:`reweighted_summary`, can be relied on."""
+        return self.khat < khat_threshold(self.num_samples)
+
+    @property
+    def max_shift(self) -> float:
+        """The largest reweighting shift over sites (mean shift in sds or |log sd ratio|)."""
+        return max((max(s.mean_shift, s.log_sd_ratio) for s in self.sites), default=0.0)
 
     @property
     def trustworthy(self) -> bool:
-        """``k̂`` below the sample-size dependent threshold (at most 0.7) and, if known, converged."""
-        return self.khat < khat_threshold(self.num_samples) and self.converged is not False
+        """``k̂`` below its threshold, converged (if known), and no reweighting shift above
+        ``shift_tolerance``: the guide's own summaries can be used as they are."""
+        return (
+            self.reweighting_reliable
+            and self.converged is not False
+            and self.max_shift <= self.shift_tolerance
+        )
+
+    def _verdict_line(self) -> str:
+        if self.trustworthy:
+            return "trustworthy"
+        if self.reweighting_reliable and self.converged is not False:
+            worst = max(self.sites, key=lambda s: max(s.mean_shift, s.log_sd_ratio))
+            return (
+                f"DO NOT TRUST the guide's own summaries: reweighting moves {worst.name!r} by "
+                f"{self.max_shift:.2f} (> {self.shift_tolerance:g}); k-hat allows "
+                "PSIS-reweighted summaries (pyro_nf.reweighted_summary)"
+            )
+        return "DO NOT TRUST the guide as is"
 
     def __str__(self) -> str:
         conv = (
@@ -88,7 +127,7 @@ class TrustReport:
             f"PSIS k-hat      {self.khat:.3f} ({self.verdict}; threshold {khat_threshold(self.num_samples):.2f})",
             f"IS ESS          {self.ess:.1f} of {self.num_samples} ({100 * self.ess / self.num_samples:.1f}%)",
             f"log evidence    {self.log_evidence:.4f} ± {self.log_evidence_se:.4f}",
-            f"verdict         {'trustworthy' if self.trustworthy else 'DO NOT TRUST the guide as is'}",
+            f"verdict         {self._verdict_line()}",
         ]
         if self.sites:
             lines.append(
@@ -186,10 +225,13 @@ def diagnose(
     num_samples: int = 2000,
     history: History | None = None,
     model_kwargs: dict[str, Any] | None = None,
+    shift_tolerance: float = SHIFT_TOLERANCE,
 ) -> TrustReport:
     r"""The trust report of a fitted guide (see the module docstring for what it contains).
 
-    ``history`` defaults to ``guide.history`` (set by :func:`pyro_nf.fit`).
+    ``history`` defaults to ``guide.history`` (set by :func:`pyro_nf.fit`); ``shift_tolerance``
+    is the largest reweighting shift the guide's own summaries may need to be called
+    trustworthy (see the module docstring).
 
     Example:
         >>> import pyro, pyro.distributions as dist
@@ -203,6 +245,14 @@ def diagnose(
         ('bad', False)
     """
     check_positive_int("num_samples", num_samples)
+    if not (
+        isinstance(shift_tolerance, int | float)
+        and not isinstance(shift_tolerance, bool)
+        and 0 < shift_tolerance < float("inf")
+    ):
+        raise ValueError(
+            f"shift_tolerance: expected a positive finite float, got {shift_tolerance!r}"
+        )
     if history is None:
         history = getattr(guide, "history", None)
     log_w, samples = _weighted_samples(model, guide, args, dict(model_kwargs or {}), num_samples)
@@ -231,4 +281,5 @@ def diagnose(
         stop_reason=None if history is None else history.stop_reason,
         steps=None if history is None else history.num_steps,
         sites=sites,
+        shift_tolerance=shift_tolerance,
     )

@@ -30,6 +30,27 @@ def test_report_passes_a_good_guide_and_flags_a_poor_one():
     assert bad.sites[0].name == "z" and bad.sites[0].log_sd_ratio > 0.5
 
 
+def test_report_flags_a_biased_guide_that_reweighting_can_correct():
+    """k-hat is fine (a shifted Gaussian with wide tails), but the guide's mean is 0.3 sd off:
+    not trustworthy as is, and the report points to the reweighted summaries."""
+
+    def model():
+        pyro.sample("z", dist.Normal(torch.zeros(2), torch.ones(2)).to_event(1))
+
+    def guide():
+        pyro.sample("z", dist.Normal(torch.tensor([0.3, 0.0]), 1.2).to_event(1))
+
+    pyro.set_rng_seed(0)
+    report = pyro_nf.diagnose(model, guide, num_samples=4000)
+    assert report.reweighting_reliable and report.khat < 0.5
+    assert report.max_shift > 0.15 and not report.trustworthy
+    assert "reweighting moves 'z'" in str(report) and "reweighted_summary" in str(report)
+    # a looser tolerance accepts it; a bad tolerance is a clear error
+    assert pyro_nf.diagnose(model, guide, num_samples=4000, shift_tolerance=0.5).trustworthy
+    with pytest.raises(ValueError, match="shift_tolerance: expected a positive finite float"):
+        pyro_nf.diagnose(model, guide, shift_tolerance=0.0)
+
+
 def test_reweighted_summary_corrects_a_biased_guide():
     def model():
         pyro.sample(
