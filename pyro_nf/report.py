@@ -46,7 +46,7 @@ from .train import History
 
 __all__ = ["diagnose", "reweighted_summary", "TrustReport", "SiteReliability", "SHIFT_TOLERANCE"]
 
-#: Largest PSIS reweighting shift of a marginal (mean in guide sds, or |log sd ratio|) for
+#: Largest PSIS reweighting shift of a marginal (mean in guide sds, or the absolute log sd ratio) for
 #: which :attr:`TrustReport.trustworthy` accepts the guide's own summaries.
 SHIFT_TOLERANCE = 0.1
 
@@ -86,7 +86,7 @@ class TrustReport:
 
     @property
     def max_shift(self) -> float:
-        """The largest reweighting shift over sites (mean shift in sds or |log sd ratio|)."""
+        """The largest reweighting shift over sites (mean shift in sds, or the absolute log sd ratio)."""
         return max((max(s.mean_shift, s.log_sd_ratio) for s in self.sites), default=0.0)
 
     @property
