@@ -68,6 +68,7 @@ __all__ = [
     "TabularData",
     "default_data_dir",
     "seeded_split_indices",
+    "random_subset",
     "load_static_mnist",
     "load_frey_faces",
     "load_caltech_silhouettes",
@@ -368,6 +369,27 @@ def seeded_split_indices(
     n_train, n_valid, _ = (int(s) for s in sizes)
     perm = np.random.default_rng(seed).permutation(n)
     return perm[:n_train], perm[n_train : n_train + n_valid], perm[n_train + n_valid :]
+
+
+def random_subset(x: torch.Tensor, n: int | None, seed: int = 0) -> torch.Tensor:
+    """``n`` rows of ``x`` drawn without replacement (``numpy.random.default_rng(seed)``
+    permutation, first ``n``), or all of ``x`` when ``n`` is ``None`` or ``>= len(x)``.
+
+    Never evaluate on the *first* ``n`` rows of an ordered split: the MNIST test set (and so
+    static binarized MNIST's) puts the cleaner writers first, and a diagonal-Gaussian VAE's
+    ELBO on its first 2000 images is about 24 nats better than on the whole set.
+
+    Example:
+        >>> x = torch.arange(10).unsqueeze(-1)
+        >>> random_subset(x, 3).flatten().tolist(), random_subset(x, None).shape
+        ([2, 4, 6], torch.Size([10, 1]))
+    """
+    if n is None or n >= x.shape[0]:
+        return x
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n: expected None or a positive integer, got {n!r}")
+    perm = np.random.default_rng(_check_seed(seed)).permutation(x.shape[0])[:n]
+    return x[torch.from_numpy(np.sort(perm)).to(x.device)]
 
 
 def _to_tensor(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:

@@ -472,3 +472,19 @@ def test_bad_dtype_argument():
         load_sonar("/nonexistent", dtype=torch.int64)
     with pytest.raises(ValueError, match="dtype"):
         load_frey_faces("/nonexistent", dtype=torch.uint8)
+
+
+def test_random_subset_is_seeded_without_replacement_and_validated():
+    from pyro_nf.datasets import random_subset
+
+    x = torch.arange(1000).unsqueeze(-1)
+    a, b = random_subset(x, 100, seed=3), random_subset(x, 100, seed=3)
+    assert torch.equal(a, b) and a.shape == (100, 1)
+    assert len(set(a.flatten().tolist())) == 100  # no repeats
+    assert not torch.equal(a, x[:100])  # not the first rows
+    assert not torch.equal(a, random_subset(x, 100, seed=4))
+    assert random_subset(x, 5000) is x
+    with pytest.raises(ValueError, match="n: expected None or a positive integer, got 0"):
+        random_subset(x, 0)
+    with pytest.raises(ValueError, match="seed: expected a non-negative integer"):
+        random_subset(x, 10, seed=-1)
