@@ -125,6 +125,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--encoder", choices=["mlp", "conv"], default="mlp", help="default mlp")
     p.add_argument("--kl-warmup", type=float, default=0.0, help="KL warm-up epochs (default 0)")
     p.add_argument("--patience", type=float, default=None, help="early stopping, in epochs")
+    p.add_argument(
+        "--clip-norm", type=float, default=None, help="clip the gradient norm (default: off)"
+    )
     p.add_argument("--num-samples", type=int, default=5000, help="K of the IWAE (default 5000)")
     p.add_argument(
         "--train-size",
@@ -213,6 +216,7 @@ def run_one(args: argparse.Namespace, data: VAEData, flow: str, depth: int | Non
         lr=args.lr,
         kl_warmup=args.kl_warmup,
         patience=args.patience,
+        clip_norm=args.clip_norm,
         seed=args.seed,
         progress=not args.no_progress,
         desc=label,
@@ -263,6 +267,7 @@ def settings(args: argparse.Namespace, data: VAEData) -> dict[str, Any]:
         "lr": args.lr,
         "kl_warmup_epochs": args.kl_warmup,
         "patience_epochs": args.patience,
+        "clip_norm": args.clip_norm,
         "iwae_samples": args.num_samples,
         "seed": args.seed,
         "device": args.device,
