@@ -217,7 +217,9 @@ def fit(
         >>> def model():
         ...     pyro.sample("z", dist.Normal(3.0, 0.5))
         >>> guide = pyro_nf.FlowGuide(model, flow="planar", depth=2)
-        >>> history = fit(model, guide, steps=800, lr=0.05, num_particles=8, progress=False)
+        >>> history = fit(model, guide, steps=3000, lr=0.05, num_particles=8, progress=False)
+        >>> history.converged, len(history.lr_decay_steps)   # two decays, then a plateau
+        (True, 2)
         >>> abs(guide.median()["z"].item() - 3.0) < 0.1
         True
     """
