@@ -140,15 +140,7 @@ def run_one(
     n_params = sum(p.numel() for p in flow.parameters())
     torch.manual_seed(10_000 + seed)  # the same sampling noise stream for both libraries
     record: dict[str, Any] = {
-        "library": library,
-        "energy": energy,
-        "family": family,
-        "depth": depth,
-        "seed": seed,
-        "steps": args.steps,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "anneal_steps": args.anneal_steps,
+        **_cell(library, energy, family, depth, seed, args),
         "n_params": n_params,
     }
     t0 = time.perf_counter()
@@ -194,6 +186,23 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     return value
+
+
+def _cell(
+    library: str, energy: str, family: str, depth: int, seed: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    """The settings that identify one run (what :func:`_key` compares for ``--resume``)."""
+    return {
+        "library": library,
+        "energy": energy,
+        "family": family,
+        "depth": depth,
+        "seed": seed,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "anneal_steps": args.anneal_steps,
+    }
 
 
 def _key(r: dict[str, Any]) -> tuple:
@@ -379,18 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, (energy, family, depth, seed) in enumerate(grid):
         order = args.libraries if i % 2 == 0 else args.libraries[::-1]  # alternate: fair drift
         for library in order:
-            probe = {
-                "library": library,
-                "energy": energy,
-                "family": family,
-                "depth": depth,
-                "seed": seed,
-                "steps": args.steps,
-                "batch_size": args.batch_size,
-                "lr": args.lr,
-                "anneal_steps": args.anneal_steps,
-            }
-            if _key(probe) in done:
+            if _key(_cell(library, energy, family, depth, seed, args)) in done:
                 continue
             r = run_one(library, energy, family, depth, seed, args)
             records.append(r)

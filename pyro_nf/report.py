@@ -42,7 +42,7 @@ from pyro.poutine.util import site_is_subsample
 from ._validation import check_positive_int
 from .diagnostics import _guess_max_plate_nesting
 from .psis import importance_ess, khat_threshold, khat_verdict, log_evidence, psis
-from .train import History
+from .train import History, _check_float
 
 __all__ = ["diagnose", "reweighted_summary", "TrustReport", "SiteReliability", "SHIFT_TOLERANCE"]
 
@@ -58,6 +58,11 @@ class SiteReliability:
     name: str
     mean_shift: float
     log_sd_ratio: float
+
+    @property
+    def shift(self) -> float:
+        """The larger of the two shifts (what :attr:`TrustReport.max_shift` compares)."""
+        return max(self.mean_shift, self.log_sd_ratio)
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,7 @@ class TrustReport:
     @property
     def max_shift(self) -> float:
         """The largest reweighting shift over sites (mean shift in sds, or the absolute log sd ratio)."""
-        return max((max(s.mean_shift, s.log_sd_ratio) for s in self.sites), default=0.0)
+        return max((s.shift for s in self.sites), default=0.0)
 
     @property
     def trustworthy(self) -> bool:
@@ -103,7 +108,7 @@ class TrustReport:
         if self.trustworthy:
             return "trustworthy"
         if self.reweighting_reliable and self.converged is not False:
-            worst = max(self.sites, key=lambda s: max(s.mean_shift, s.log_sd_ratio))
+            worst = max(self.sites, key=lambda s: s.shift)
             return (
                 f"DO NOT TRUST the guide's own summaries: reweighting moves {worst.name!r} by "
                 f"{self.max_shift:.2f} (> {self.shift_tolerance:g}); k-hat allows "
@@ -245,14 +250,7 @@ def diagnose(
         ('bad', False)
     """
     check_positive_int("num_samples", num_samples)
-    if not (
-        isinstance(shift_tolerance, int | float)
-        and not isinstance(shift_tolerance, bool)
-        and 0 < shift_tolerance < float("inf")
-    ):
-        raise ValueError(
-            f"shift_tolerance: expected a positive finite float, got {shift_tolerance!r}"
-        )
+    _check_float("shift_tolerance", shift_tolerance, "a positive finite float", lambda v: v > 0)
     if history is None:
         history = getattr(guide, "history", None)
     log_w, samples = _weighted_samples(model, guide, args, dict(model_kwargs or {}), num_samples)

@@ -284,6 +284,15 @@ def _make_scheduler(schedule: Any, opt: torch.optim.Optimizer, steps: int):
     return torch.optim.lr_scheduler.LambdaLR(opt, factors[schedule])
 
 
+def _scale_lr(opt: torch.optim.Optimizer, sched: Any, factor: float) -> None:
+    """Multiply the learning rate of every parameter group by ``factor``, and a schedule's base
+    rates too, so that the schedule keeps the scaled rate."""
+    for group in opt.param_groups:
+        group["lr"] *= factor
+    if hasattr(sched, "base_lrs"):
+        sched.base_lrs = [b * factor for b in sched.base_lrs]
+
+
 def _clone_into(dst: Any, src: Any) -> Any:
     """Deep copy of nested containers of tensors, reusing ``dst``'s tensors where they fit."""
     if isinstance(src, torch.Tensor):
@@ -517,9 +526,12 @@ def train(
         if optim_state is not None:  # deep copy: the optimizer must not alias the snapshot
             opt.load_state_dict(copy.deepcopy(optim_state))
 
-    if history.stop_reason == "converged":  # resumed a finished run
+    def restore_best_params() -> None:
         if use_val and restore_best and best_params is not None:
             load(best_params)
+
+    if history.stop_reason == "converged":  # resumed a finished run
+        restore_best_params()
         return history
     snap = snapshot() if nan_policy == "restore" else None
     snap_step, history.stop_reason, history.converged = start, "", False
@@ -582,10 +594,7 @@ def train(
                         history,
                     )
                 load(snap["params"], snap["optim"])
-                for group in opt.param_groups:
-                    group["lr"] *= 0.5
-                if hasattr(sched, "base_lrs"):  # so that the schedule keeps the halved lr
-                    sched.base_lrs = [b * 0.5 for b in sched.base_lrs]
+                _scale_lr(opt, sched, 0.5)
                 history.num_nan_restores += 1
                 warnings.warn(
                     f"{msg}; restored the parameters and optimizer state used at step "
@@ -611,10 +620,7 @@ def train(
                     since = val_tracker.update(step, val)
             if es is not None and since >= es.patience and step + 1 >= es.min_steps:
                 if len(history.lr_decay_steps) < es.lr_decays:
-                    for group in opt.param_groups:
-                        group["lr"] *= es.decay_factor
-                    if hasattr(sched, "base_lrs"):
-                        sched.base_lrs = [b * es.decay_factor for b in sched.base_lrs]
+                    _scale_lr(opt, sched, es.decay_factor)
                     history.lr_decay_steps.append(step)
                     trk = val_tracker if use_val else tracker
                     trk.best, trk.best_step = trk.ema, step
@@ -641,6 +647,5 @@ def train(
     history.elapsed = elapsed0 + time.perf_counter() - t0
     if path is not None and history.num_steps > start:
         save(history.num_steps)  # the state the run ended in (parameters and optimizer agree)
-    if use_val and restore_best and best_params is not None:
-        load(best_params)
+    restore_best_params()
     return history
