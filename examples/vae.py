@@ -72,6 +72,16 @@ TABLE_ROWS: list[tuple[str, int | None]] = [
 ]
 
 
+def _clip_norm(text: str) -> float | str | None:
+    """``--clip-norm``: ``auto``, ``off`` or a positive number."""
+    if text in ("auto", "off"):
+        return None if text == "off" else text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto, off or a number, got {text!r}") from None
+
+
 def _row(text: str) -> tuple[str, int | None]:
     """Parse a ``--rows`` entry ``FLOW[:DEPTH]`` (e.g. ``planar:16``, ``diag``)."""
     flow, _, depth = text.partition(":")
@@ -126,7 +136,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--kl-warmup", type=float, default=0.0, help="KL warm-up epochs (default 0)")
     p.add_argument("--patience", type=float, default=None, help="early stopping, in epochs")
     p.add_argument(
-        "--clip-norm", type=float, default=None, help="clip the gradient norm (default: off)"
+        "--lr-decays",
+        type=int,
+        default=0,
+        help="with --patience: divide the lr by 10 at this many plateaus before stopping",
+    )
+    p.add_argument(
+        "--clip-norm",
+        type=_clip_norm,
+        default="auto",
+        help="gradient-norm clipping: auto (spikes above 5x the recent median; default), off, "
+        "or a fixed norm",
     )
     p.add_argument("--num-samples", type=int, default=5000, help="K of the IWAE (default 5000)")
     p.add_argument(
@@ -216,6 +236,7 @@ def run_one(args: argparse.Namespace, data: VAEData, flow: str, depth: int | Non
         lr=args.lr,
         kl_warmup=args.kl_warmup,
         patience=args.patience,
+        lr_decays=args.lr_decays,
         clip_norm=args.clip_norm,
         seed=args.seed,
         progress=not args.no_progress,
@@ -267,6 +288,7 @@ def settings(args: argparse.Namespace, data: VAEData) -> dict[str, Any]:
         "lr": args.lr,
         "kl_warmup_epochs": args.kl_warmup,
         "patience_epochs": args.patience,
+        "lr_decays": args.lr_decays,
         "clip_norm": args.clip_norm,
         "iwae_samples": args.num_samples,
         "seed": args.seed,

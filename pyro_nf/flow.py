@@ -100,10 +100,35 @@ class Flow(nn.Module):
         if amortized:
             out = sum(self._sizes)
             self.context_net = MLP(context_dim, out, hidden=tuple(context_hidden), zero_last=True)
-            with torch.no_grad():  # zero weights, bias = identity parameters
-                self.context_net[-1].bias.copy_(
-                    torch.cat([layer.initial_value() for layer in amortized])
-                )
+            self._init_context_bias()
+
+    @torch.no_grad()
+    def _init_context_bias(self) -> None:
+        """Zero last-layer weights, bias = the amortized layers' initial parameters."""
+        amortized = [layer for layer in self.layers if layer.amortized]
+        self.context_net[-1].bias.copy_(torch.cat([layer.initial_value() for layer in amortized]))
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """A fresh start, as if just constructed: every layer's initial parameters, with the
+        random parts drawn anew from the global torch RNG (see
+        :meth:`pyro_nf.layers.FlowLayer.reset_parameters`), and a fresh context network.
+
+        Example:
+            >>> flow = planar(2, depth=3)
+            >>> with torch.no_grad():
+            ...     for p in flow.parameters():
+            ...         _ = p.add_(0.5)
+            >>> flow.reset_parameters()
+            >>> x = torch.randn(4, 2)
+            >>> torch.allclose(flow().log_prob(x), torch.distributions.Normal(0.0, 1.0).log_prob(x).sum(-1))
+            True
+        """
+        for layer in self.layers:
+            layer.reset_parameters()
+        if self.context_net is not None:
+            self.context_net.reset_parameters()
+            self._init_context_bias()
 
     def build_transforms(
         self, context: torch.Tensor | None = None, validate: bool = True

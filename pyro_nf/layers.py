@@ -71,11 +71,41 @@ class FlowLayer(nn.Module):
     def _own_params(self, init: torch.Tensor) -> None:
         """Register ``init`` as the direct parameters unless amortized."""
         self.num_params = init.numel()
+        # what reset_parameters() restores for layers whose start is not random
+        self.register_buffer("_init_params", init.detach().clone(), persistent=False)
         if self.amortized:
             self.register_buffer("initial_params", init)
             self.params = None
         else:
             self.params = nn.Parameter(init)
+
+    def _draw_params(self) -> torch.Tensor | None:
+        """A fresh initial parameter vector (layers with a random start override this)."""
+        return None
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Put the layer back to a fresh start: the constructor's initial parameters, with the
+        random parts (planar normals, radial centres, network weights) drawn anew from the
+        global torch RNG. Used by ``fit_reverse_kl(restarts=...)``.
+
+        Example:
+            >>> layer = PlanarLayer(2, depth=1)
+            >>> with torch.no_grad():
+            ...     _ = layer.params.add_(1.0)
+            >>> layer.reset_parameters()
+            >>> torch.equal(layer.transform()(torch.ones(2)), torch.ones(2))  # identity again
+            True
+        """
+        if self.num_params:
+            fresh = self._draw_params()
+            target = self.initial_params if self.amortized else self.params
+            src = self._init_params if fresh is None else fresh
+            target.copy_(src.to(target))
+        for module in self.children():
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset):
+                reset()
 
     def initial_value(self) -> torch.Tensor:
         """The parameter vector that makes this layer the identity (shape ``(num_params,)``)."""
@@ -111,10 +141,13 @@ class PlanarLayer(FlowLayer):
     def __init__(self, dim: int, depth: int = 1, amortized: bool = False) -> None:
         super().__init__(dim, amortized)
         self.depth = check_positive_int("depth", depth)
-        u = torch.zeros(depth, dim)
-        w = torch.randn(depth, dim) / dim**0.5
-        b = torch.zeros(depth, 1)
-        self._own_params(torch.cat([u, w, b], dim=-1).reshape(-1))
+        self._own_params(self._draw_params())
+
+    def _draw_params(self) -> torch.Tensor:
+        u = torch.zeros(self.depth, self.dim)
+        w = torch.randn(self.depth, self.dim) / self.dim**0.5
+        b = torch.zeros(self.depth, 1)
+        return torch.cat([u, w, b], dim=-1).reshape(-1)
 
     def build(self, params: torch.Tensor | None, context: torch.Tensor | None) -> FlowTransform:
         p = params.unflatten(-1, (self.depth, 2 * self.dim + 1))
@@ -137,9 +170,12 @@ class RadialLayer(FlowLayer):
     def __init__(self, dim: int, depth: int = 1, amortized: bool = False) -> None:
         super().__init__(dim, amortized)
         self.depth = check_positive_int("depth", depth)
-        z0 = torch.randn(depth, dim)
-        ab = torch.zeros(depth, 2)
-        self._own_params(torch.cat([z0, ab], dim=-1).reshape(-1))
+        self._own_params(self._draw_params())
+
+    def _draw_params(self) -> torch.Tensor:
+        z0 = torch.randn(self.depth, self.dim)
+        ab = torch.zeros(self.depth, 2)
+        return torch.cat([z0, ab], dim=-1).reshape(-1)
 
     def build(self, params: torch.Tensor | None, context: torch.Tensor | None) -> FlowTransform:
         p = params.unflatten(-1, (self.depth, self.dim + 2))

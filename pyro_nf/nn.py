@@ -62,9 +62,19 @@ class MLP(nn.Sequential):
             if i < len(sizes) - 2:
                 layers.append(activation())
         super().__init__(*layers)
+        self.zero_last = zero_last
         if zero_last:
             nn.init.zeros_(layers[-1].weight)
             nn.init.zeros_(layers[-1].bias)
+
+    def reset_parameters(self) -> None:
+        """Draw fresh weights (torch's default init), zeroing the last layer if ``zero_last``."""
+        for layer in self:
+            if isinstance(layer, nn.Linear):
+                layer.reset_parameters()
+        if self.zero_last:
+            nn.init.zeros_(self[-1].weight)
+            nn.init.zeros_(self[-1].bias)
 
 
 class MaskedLinear(nn.Linear):
@@ -150,6 +160,13 @@ class MADE(nn.Module):
                 prev.numel(), num_params * dim, (out_deg[:, None] > prev[None, :]).float()
             ),
         )
+        self.reset_output()
+
+    def reset_parameters(self) -> None:
+        """Draw fresh hidden weights (torch's default init) and zero the output layer."""
+        for layer in self.net:
+            if isinstance(layer, nn.Linear):
+                layer.reset_parameters()
         self.reset_output()
 
     def reset_output(self) -> None:

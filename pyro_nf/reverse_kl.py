@@ -44,6 +44,14 @@ error :math:`\hat\sigma(\log w)/\sqrt S`, and :func:`kl_estimate` returns
 A callable whose positional parameters all have defaults (or that has none) is taken to be a
 Pyro model, any other callable a log density.
 
+**Restarts.** The reverse KL is mode-seeking and its local optima are real: on U2 with planar
+K = 8 about 3 starts in 8 end as a straight band that ignores the sine (KL ≈ 1.57 instead of
+0.1-0.5), and which one does is fixed by the initial parameters, not by the sampling noise.
+``restarts=R`` runs :math:`R` pilots from fresh initial parameters for ``pilot_steps`` steps
+each (on the same learning-rate and annealing schedules as the full run), keeps the pilot with
+the lowest mean loss over its last steps, and continues it to ``steps``. Cost:
+``steps + (R - 1) * pilot_steps`` steps.
+
 References:
     Rezende & Mohamed, *Variational Inference with Normalizing Flows*, ICML 2015.
     Kingma & Welling, *Auto-Encoding Variational Bayes*, ICLR 2014.
@@ -53,6 +61,8 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
+import tempfile
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -353,6 +363,8 @@ def fit_reverse_kl(
     annealing: bool | int | Callable[[int], float] | None = True,
     *,
     beta0: float = DEFAULT_BETA0,
+    restarts: int = 1,
+    pilot_steps: int | None = None,
     **train_kwargs: Any,
 ) -> History:
     r"""Fit ``flow`` to the unnormalized density ``target`` by minimizing the reverse KL.
@@ -375,6 +387,14 @@ def fit_reverse_kl(
             integer :math:`T_{\mathrm{anneal}} \ge 1`; a callable ``step -> beta``; ``False`` or
             ``None``: no annealing (:math:`\beta = 1`).
         beta0: :math:`\beta_0` of the built-in schedule (default 0.01).
+        restarts: number of starts :math:`R` (default 1). With :math:`R > 1` (see the module
+            docstring) start 0 is ``flow``'s current parameters and starts 1.. are drawn by
+            ``flow.reset_parameters()`` (a pyro-nf :class:`~pyro_nf.Flow`), else by calling
+            ``reset_parameters()`` on every submodule that has one (Pyro's transforms,
+            ``nn.Linear``). Needs a named ``optimizer`` (not an instance); ``checkpoint``
+            then holds the continued run.
+        pilot_steps: length of each pilot (default: twice the annealing length, at most
+            ``steps``; ``steps // 5`` without annealing).
         **train_kwargs: passed to :func:`pyro_nf.train.train`; ``lr_schedule`` defaults to
             ``"cosine"`` here (pass ``lr_schedule=None`` for a constant rate) and ``desc`` to
             ``"reverse KL"``.
@@ -382,6 +402,8 @@ def fit_reverse_kl(
     Returns:
         The :class:`~pyro_nf.train.History`; ``losses`` are the annealed losses
         :math:`\mathcal L_t`, equal to negative ELBO estimates once :math:`\beta_t = 1`.
+        With restarts it is the kept start's (pilot and continuation), and
+        ``pilot_losses`` holds every pilot's final mean loss.
 
     Example:
         >>> import pyro_nf
@@ -394,6 +416,10 @@ def fit_reverse_kl(
         >>> kl, se, _ = kl_estimate(flow, get_target("U1"), num_samples=20_000)
         >>> kl < 0.5, se < 0.05
         (True, True)
+        >>> history = fit_reverse_kl(flow, get_target("U1"), steps=300, restarts=3,
+        ...                          pilot_steps=100, progress=False)
+        >>> history.num_steps, len(history.pilot_losses)
+        (300, 3)
     """
     steps = check_positive_int("steps", steps)
     batch_size = check_positive_int("batch_size", batch_size)
@@ -404,6 +430,13 @@ def fit_reverse_kl(
     for key in ("loss_fn", "params"):
         if key in train_kwargs:
             raise ValueError(f"{key}: fit_reverse_kl builds it itself; got {key}= in train_kwargs")
+    restarts = check_positive_int("restarts", restarts)
+    if pilot_steps is None:
+        anneal = _anneal_length(annealing, steps)
+        pilot_steps = min(steps, 2 * anneal) if anneal else max(1, steps // 5)
+    pilot_steps = check_positive_int("pilot_steps", pilot_steps)
+    if pilot_steps > steps:
+        raise ValueError(f"pilot_steps: expected at most steps={steps}, got {pilot_steps}")
     dim = _flow_dim(flow)
     log_density, _ = as_log_density(target, dim)
     train_kwargs.setdefault("lr_schedule", "cosine")
@@ -421,7 +454,85 @@ def fit_reverse_kl(
             )
         return (log_q - beta * log_p).mean()
 
-    return train(loss_fn, flow, steps, lr=lr, **train_kwargs)
+    if restarts == 1:
+        return train(loss_fn, flow, steps, lr=lr, **train_kwargs)
+    return _fit_with_restarts(loss_fn, flow, steps, lr, restarts, pilot_steps, train_kwargs)
+
+
+def _anneal_length(annealing: Any, steps: int) -> int:
+    """``T_anneal`` of a built-in schedule (0 for none or a callable)."""
+    if annealing is True:
+        return max(1, steps // 10)
+    if isinstance(annealing, int) and not isinstance(annealing, bool):
+        return annealing
+    return 0
+
+
+def _reset_flow(flow: nn.Module) -> None:
+    """Draw fresh initial parameters for ``flow`` (see ``fit_reverse_kl(restarts=...)``)."""
+    if callable(getattr(flow, "reset_parameters", None)):
+        flow.reset_parameters()
+        return
+    resettable = [
+        m
+        for m in flow.modules()
+        if m is not flow and callable(getattr(m, "reset_parameters", None))
+    ]
+    if not resettable:
+        raise ValueError(
+            f"flow: restarts need fresh initial parameters, but {type(flow).__name__} has no "
+            "reset_parameters() and neither has any of its submodules"
+        )
+    with torch.no_grad():
+        for m in resettable:
+            m.reset_parameters()
+
+
+def _fit_with_restarts(
+    loss_fn: Callable[[int], torch.Tensor],
+    flow: nn.Module,
+    steps: int,
+    lr: float,
+    restarts: int,
+    pilot_steps: int,
+    train_kwargs: dict[str, Any],
+) -> History:
+    """Pilots from ``restarts`` fresh starts; continue the best one (lowest final mean loss)."""
+    if isinstance(train_kwargs.get("optimizer"), torch.optim.Optimizer):
+        raise ValueError(
+            "optimizer: restarts need a fresh optimizer per start; pass a name or a factory "
+            "callable(list_of_tensors) -> Optimizer, not an optimizer instance"
+        )
+    user_callback = train_kwargs.pop("callback", None)
+    final_path = train_kwargs.pop("checkpoint", None)
+    window = max(1, min(200, pilot_steps // 5))
+    scores: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="pyro_nf_restarts_") as tmp:
+        paths = [os.path.join(tmp, f"start{r}.pt") for r in range(restarts)]
+        for r, path in enumerate(paths):
+            if r > 0:
+                _reset_flow(flow)
+
+            def stop_after_pilot(step: int, history: History) -> bool:
+                stop = bool(user_callback(step, history)) if user_callback else False
+                return stop or step + 1 >= pilot_steps
+
+            history = train(
+                loss_fn, flow, steps, lr=lr, checkpoint=path, resume=False,
+                callback=stop_after_pilot, **train_kwargs,
+            )  # fmt: skip
+            tail = [v for v in history.losses[-window:] if math.isfinite(v)]
+            scores.append(sum(tail) / len(tail) if tail else math.inf)
+        best = min(range(restarts), key=scores.__getitem__)
+        if final_path is not None:
+            os.replace(paths[best], final_path)
+            paths[best] = os.fspath(final_path)
+        history = train(
+            loss_fn, flow, steps, lr=lr, checkpoint=paths[best], resume=True,
+            callback=user_callback, **train_kwargs,
+        )  # fmt: skip
+    history.pilot_losses = scores
+    return history
 
 
 # ------------------------------------------------------------------------------------------------

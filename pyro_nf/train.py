@@ -37,7 +37,14 @@ from tqdm import tqdm
 
 from ._validation import check_positive_int
 
-__all__ = ["train", "History", "EarlyStopping", "NaNRestoreWarning", "TrainingDivergedError"]
+__all__ = [
+    "train",
+    "History",
+    "EarlyStopping",
+    "NaNRestoreWarning",
+    "TrainingDivergedError",
+    "auto_clip_threshold",
+]
 
 ParamsLike = nn.Module | Mapping[str, torch.Tensor] | Iterable[Any]
 _OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
@@ -126,17 +133,49 @@ class EarlyStopping:
         _check_float("decay_factor", self.decay_factor, "a float in (0, 1)", lambda v: 0 < v < 1)
 
 
+#: ``clip_norm="auto"`` clips at this multiple of the recent median gradient norm ...
+AUTO_CLIP_FACTOR = 5.0
+#: ... taken over this many recent finite steps ...
+AUTO_CLIP_WINDOW = 100
+#: ... once at least this many of them are known (before that it does not clip).
+AUTO_CLIP_MIN_STEPS = 20
+
+
+def auto_clip_threshold(grad_norms: list[float]) -> float:
+    r"""The gradient-norm limit of ``clip_norm="auto"`` after the steps with norms ``grad_norms``.
+
+    :math:`c_t = 5\,\operatorname{median}(\lVert g_s\rVert : s \in \text{last 100 finite
+    steps})`, computed from the unclipped norms (so clipping never ratchets the limit down)
+    and ``inf`` until 20 finite norms are known. A rare spike — e.g. a planar map of a flow
+    posterior driven close to non-invertibility by one minibatch — is cut to a typical step,
+    while a norm that grows steadily moves the median with it. The limit is a function of the
+    recorded history alone, so resumed runs clip exactly as uninterrupted ones.
+
+    Example:
+        >>> auto_clip_threshold([1.0] * 10)
+        inf
+        >>> auto_clip_threshold([1.0] * 50 + [2.0] * 50 + [float("nan"), 1e6])
+        10.0
+    """
+    recent = [g for g in grad_norms[-AUTO_CLIP_WINDOW:] if math.isfinite(g)]
+    if len(recent) < AUTO_CLIP_MIN_STEPS:
+        return math.inf
+    return AUTO_CLIP_FACTOR * float(np.median(recent))
+
+
 @dataclass
 class History:
     """What happened during :func:`train` (one entry per step in the lists).
 
     Attributes: ``losses`` (NaN at steps that were rolled back), ``smoothed`` (EMA of the finite
     losses), ``lrs`` (learning rate used at each step, first parameter group), ``grad_norms``
-    (total gradient norm before clipping), ``val_losses`` (``(step, value)`` pairs),
+    (total gradient norm before clipping), ``num_clipped`` (steps whose gradient was clipped),
+    ``val_losses`` (``(step, value)`` pairs),
     ``converged`` (early stopping triggered), ``stop_reason`` (``"converged"``,
     ``"max_steps"``, ``"callback"`` or ``"diverged"``), ``best_step`` (lowest validation loss,
     else lowest smoothed loss), ``num_nan_restores``, ``lr_decay_steps`` (steps at which early
-    stopping decayed the learning rate at a plateau), ``elapsed`` (seconds, over resumes).
+    stopping decayed the learning rate at a plateau), ``elapsed`` (seconds, over resumes),
+    ``pilot_losses`` (with ``fit_reverse_kl(restarts=...)``: every pilot's final mean loss).
 
     Example:
         >>> h = History(losses=[3.0, 2.0], smoothed=[3.0, 2.9], stop_reason="max_steps")
@@ -153,8 +192,10 @@ class History:
     stop_reason: str = "not started"
     best_step: int | None = None
     num_nan_restores: int = 0
+    num_clipped: int = 0
     lr_decay_steps: list[int] = field(default_factory=list)
     elapsed: float = 0.0
+    pilot_losses: list[float] = field(default_factory=list)
 
     @property
     def num_steps(self) -> int:
@@ -384,7 +425,7 @@ def train(
     optimizer: str | torch.optim.Optimizer | Callable[..., torch.optim.Optimizer] = "adam",
     lr: float | None = None,
     lr_schedule: str | Callable[[torch.optim.Optimizer], Any] | None = None,
-    clip_norm: float | None = None,
+    clip_norm: float | str | None = None,
     early_stopping: EarlyStopping | bool | None = None,
     validate_fn: Callable[[], float | torch.Tensor] | None = None,
     validate_every: int = 100,
@@ -412,7 +453,10 @@ def train(
             ``(1 + cos(pi t / T)) / 2``; ``"exponential"`` ``0.01 ** (t / T)``;
             ``"warmup_cosine"`` ``(t + 1) / W`` for ``t < W = max(1, T // 20)``, then cosine
             from 1 to 0; or ``callable(optimizer) -> LRScheduler`` (stepped every step).
-        clip_norm: clip the total gradient norm to this value (``clip_grad_norm_``).
+        clip_norm: clip the total gradient norm to this value (``clip_grad_norm_``);
+            ``"auto"``: clip spikes only, at :data:`AUTO_CLIP_FACTOR` (5) times the median norm
+            of the last :data:`AUTO_CLIP_WINDOW` (100) finite steps (no clipping during the
+            first :data:`AUTO_CLIP_MIN_STEPS` (20) steps); see :func:`auto_clip_threshold`.
         early_stopping: :class:`EarlyStopping` (its docstring states the rule), ``True`` for
             the defaults, or ``None``.
         validate_fn: ``() -> float``, run under ``no_grad`` every ``validate_every`` steps and at
@@ -452,8 +496,10 @@ def train(
     max_nan_restores = check_positive_int("max_nan_restores", max_nan_restores, minimum=0)
     if lr is not None:
         _check_float("lr", lr, "a positive finite float", lambda v: v > 0)
-    if clip_norm is not None:
-        _check_float("clip_norm", clip_norm, "None or a positive finite float", lambda v: v > 0)
+    if clip_norm is not None and clip_norm != "auto":
+        _check_float(
+            "clip_norm", clip_norm, "None, 'auto' or a positive finite float", lambda v: v > 0
+        )
     if nan_policy not in ("restore", "raise"):
         raise ValueError(f"nan_policy: expected 'restore' or 'raise', got {nan_policy!r}")
     es = EarlyStopping() if early_stopping is True else early_stopping or None
@@ -559,7 +605,13 @@ def train(
                         "params: expected tensors that loss_fn depends on, got "
                         f"{len(tensors)} tensors none of which receives a gradient"
                     )
-                gnorm = float(nn.utils.clip_grad_norm_(tensors, clip_norm or math.inf))
+                limit = (
+                    auto_clip_threshold(history.grad_norms)
+                    if clip_norm == "auto"
+                    else clip_norm or math.inf
+                )
+                gnorm = float(nn.utils.clip_grad_norm_(tensors, limit))
+                history.num_clipped += gnorm > limit
             ok = math.isfinite(value) and math.isfinite(gnorm)
             history.losses.append(value)
             history.lrs.append(lr_now)

@@ -154,3 +154,23 @@ def test_flows_start_at_their_base(family, amortized):
     log_q = flow(context).log_prob(x)
     base = torch.distributions.Normal(0.0, 1.0).log_prob(x).sum(-1)
     assert torch.allclose(log_q, base, atol=1e-12)
+
+
+def test_reset_parameters_gives_a_fresh_start(family, amortized):
+    """After training-like perturbations, ``reset_parameters`` puts every layer back to its
+    constructor's start (identity layers on the base) with the random parts drawn anew."""
+    flow = make_flow(family, DIM, amortized, seed=0)  # randomized: far from the identity
+    context = make_context((5,), amortized)
+    x = torch.randn(5, DIM, dtype=torch.float64)
+    base = torch.distributions.Normal(0.0, 1.0).log_prob(x).sum(-1)
+    assert not torch.allclose(flow(context).log_prob(x), base, atol=1e-6)
+    torch.manual_seed(1)
+    flow.reset_parameters()
+    first = [p.detach().clone() for p in flow.parameters()]
+    assert torch.allclose(flow(context).log_prob(x), base, atol=1e-12)
+    assert all(p.dtype == torch.float64 for p in flow.parameters())
+    torch.manual_seed(2)
+    flow.reset_parameters()
+    random_parts = [not torch.equal(a, b) for a, b in zip(first, flow.parameters(), strict=True)]
+    assert any(random_parts), "a fresh start should redraw the random initial values"
+    assert torch.allclose(flow(context).log_prob(x), base, atol=1e-12)

@@ -18,6 +18,7 @@ from pyro_nf.train import (
     History,
     NaNRestoreWarning,
     TrainingDivergedError,
+    auto_clip_threshold,
     train,
 )
 
@@ -157,6 +158,47 @@ def test_clip_norm_bounds_the_step():
     w2 = torch.zeros(4, requires_grad=True)
     train(lambda s: 1e6 * w2.sum(), [w2], steps=1, optimizer="sgd", lr=1.0, progress=False)
     assert w2.norm().item() == pytest.approx(2e6)
+
+
+def test_auto_clip_cuts_a_spike_to_a_typical_step_and_leaves_the_rest():
+    spike = 60
+
+    def run(clip_norm):
+        w = torch.zeros((), requires_grad=True)
+        scale = lambda s: 1e4 if s == spike else 1.0 + 0.01 * (s % 3)  # noqa: E731
+        h = train(
+            lambda s: scale(s) * w,
+            [w],
+            steps=100,
+            optimizer="sgd",
+            lr=0.1,
+            clip_norm=clip_norm,
+            progress=False,
+        )
+        return w.item(), h
+
+    w_plain, h_plain = run(None)
+    w_auto, h_auto = run("auto")
+    assert h_auto.grad_norms == h_plain.grad_norms  # recorded before clipping
+    assert h_auto.num_clipped == 1 and h_plain.num_clipped == 0
+    # the spike moved w by 1e3 unclipped; clipped it moves w by 5 x median (1.01) x lr
+    assert w_auto - w_plain == pytest.approx(0.1 * (1e4 - 5 * 1.01), rel=1e-4)
+    assert auto_clip_threshold(h_auto.grad_norms[:spike]) == pytest.approx(5 * 1.01)
+    assert auto_clip_threshold(h_auto.grad_norms[:19]) == math.inf  # too few norms yet
+
+
+def test_auto_clip_follows_a_steadily_growing_gradient():
+    w = torch.zeros((), requires_grad=True)
+    h = train(
+        lambda s: (1.0 + 0.05 * s) * w,
+        [w],
+        steps=200,
+        optimizer="sgd",
+        lr=1e-3,
+        clip_norm="auto",
+        progress=False,
+    )
+    assert h.num_clipped == 0
 
 
 # -- early stopping ----------------------------------------------------------------------------
@@ -387,7 +429,7 @@ class Killed(Exception):
     pass
 
 
-def _run(path, kill_at=None, seed=0, device="cpu"):
+def _run(path, kill_at=None, seed=0, device="cpu", clip_norm=1.0):
     """A stochastic run (torch, numpy and python RNG in the loss) with every stateful feature."""
     torch.manual_seed(seed)
     random.seed(seed)
@@ -413,7 +455,7 @@ def _run(path, kill_at=None, seed=0, device="cpu"):
         steps=400,
         lr=0.02,
         lr_schedule="warmup_cosine",
-        clip_norm=1.0,
+        clip_norm=clip_norm,
         early_stopping=EarlyStopping(patience=10_000),
         checkpoint_every=100,
         validate_fn=lambda: ((net(x + 0.1 * torch.randn(256, 2, device=device)) - y) ** 2).mean(),
@@ -451,6 +493,17 @@ def test_checkpoint_resume_is_bit_identical(tmp_path, device):
     assert torch.load(path, weights_only=True)["step"] == 400
     h2 = _run(path, device=device)[1]  # already done: nothing left to run
     assert h2.losses == ref.losses
+
+
+def test_resume_with_auto_clipping_is_bit_identical(tmp_path):
+    ref_net, ref = _run(None, clip_norm="auto")
+    path = tmp_path / "run.pt"
+    with pytest.raises(Killed):
+        _run(path, kill_at=250, clip_norm="auto")
+    net, h = _run(path, seed=123, clip_norm="auto")
+    for p, q in zip(ref_net.parameters(), net.parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert h.losses == ref.losses and h.num_clipped == ref.num_clipped
 
 
 def test_checkpoint_keeps_the_final_state_and_resume_restores_the_best(tmp_path):
@@ -545,7 +598,8 @@ def test_resume_with_mismatched_parameters_is_a_clear_error(tmp_path):
         ({"lr": -1e-3}, r"lr: expected a positive finite float, got -0.001"),
         ({"lr": float("nan")}, r"lr: expected a positive finite float, got nan"),
         ({"lr_schedule": "linear"}, r"lr_schedule: expected None, one of .*got 'linear'"),
-        ({"clip_norm": -1.0}, r"clip_norm: expected None or a positive finite float, got -1.0"),
+        ({"clip_norm": -1.0}, r"clip_norm: expected None, 'auto' or a positive .*, got -1.0"),
+        ({"clip_norm": "spikes"}, r"clip_norm: expected None, 'auto' or a positive .*'spikes'"),
         ({"nan_policy": "ignore"}, r"nan_policy: expected 'restore' or 'raise', got 'ignore'"),
         ({"max_nan_restores": -1}, r"max_nan_restores: expected an integer >= 0, got -1"),
         ({"validate_every": 0}, r"validate_every: expected an integer >= 1, got 0"),

@@ -249,6 +249,24 @@ def test_early_stopping_restores_the_best_validation_parameters():
         assert torch.equal(value, seen[best][name]), name
 
 
+def test_lr_decay_at_the_validation_plateau_then_stop():
+    torch.manual_seed(0)
+    x = _binary(120, 10)
+    vae = flow_vae(10, flow="planar", depth=2, z_dim=2, hidden=(16,))
+    hist = fit_vae(
+        vae, x[:80], x[80:], epochs=200, batch_size=40, lr=0.05, patience=3, lr_decays=1,
+        progress=False,
+    )  # fmt: skip
+    assert hist.converged and len(hist.lr_decay_steps) == 1
+    decay = hist.lr_decay_steps[0]
+    assert hist.lrs[decay] == pytest.approx(0.05) and hist.lrs[decay + 1] == pytest.approx(0.005)
+    assert hist.num_steps > decay + 1
+    with pytest.raises(ValueError, match="lr_decays: needs patience"):
+        fit_vae(vae, x, epochs=1, lr_decays=1, progress=False)
+    with pytest.raises(ValueError, match="clip_norm: expected None, 'auto'"):
+        fit_vae(vae, x, epochs=1, clip_norm="spikes", progress=False)
+
+
 def test_checkpoint_resume_is_bit_identical(tmp_path):
     x = _binary(60, 8)
 
