@@ -66,7 +66,7 @@ from pyro.nn import AutoRegressiveNN
 from torch import nn
 
 import pyro_nf
-from pyro_nf.reverse_kl import fit_reverse_kl, kl_estimate
+from pyro_nf.reverse_kl import default_pilot_steps, fit_reverse_kl, kl_estimate
 from pyro_nf.targets import get_target
 from pyro_nf.train import TrainingDivergedError
 
@@ -380,7 +380,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.anneal_steps is None:
         args.anneal_steps = max(1, args.steps // 10)
     if args.restarts > 1 and args.pilot_steps is None:
-        args.pilot_steps = min(args.steps, 2 * args.anneal_steps)  # fit_reverse_kl's default
+        args.pilot_steps = default_pilot_steps(args.steps, args.anneal_steps)
     if args.out is None:
         args.out = QUICK_OUT if args.quick else DEFAULT_OUT
     return args

@@ -81,6 +81,7 @@ __all__ = [
     "MCEstimate",
     "annealing_beta",
     "as_log_density",
+    "default_pilot_steps",
     "elbo_estimate",
     "fit_reverse_kl",
     "kl_estimate",
@@ -152,7 +153,7 @@ def _make_schedule(annealing: Any, steps: int, beta0: float) -> Callable[[int], 
     if annealing is None or annealing is False:
         return lambda step: 1.0
     if annealing is True:
-        anneal_steps = max(1, steps // 10)
+        anneal_steps = _anneal_length(annealing, steps)
         return lambda step: annealing_beta(step, anneal_steps, beta0)
     if isinstance(annealing, int) and annealing >= 1:
         return lambda step: annealing_beta(step, annealing, beta0)
@@ -432,8 +433,7 @@ def fit_reverse_kl(
             raise ValueError(f"{key}: fit_reverse_kl builds it itself; got {key}= in train_kwargs")
     restarts = check_positive_int("restarts", restarts)
     if pilot_steps is None:
-        anneal = _anneal_length(annealing, steps)
-        pilot_steps = min(steps, 2 * anneal) if anneal else max(1, steps // 5)
+        pilot_steps = default_pilot_steps(steps, annealing)
     pilot_steps = check_positive_int("pilot_steps", pilot_steps)
     if pilot_steps > steps:
         raise ValueError(f"pilot_steps: expected at most steps={steps}, got {pilot_steps}")
@@ -466,6 +466,18 @@ def _anneal_length(annealing: Any, steps: int) -> int:
     if isinstance(annealing, int) and not isinstance(annealing, bool):
         return annealing
     return 0
+
+
+def default_pilot_steps(steps: int, annealing: Any = True) -> int:
+    """The pilot length ``fit_reverse_kl(restarts=...)`` uses when ``pilot_steps`` is not given:
+    twice the annealing length (at most ``steps``), or ``steps // 5`` without built-in annealing.
+
+    Example:
+        >>> default_pilot_steps(10_000), default_pilot_steps(10_000, 300), default_pilot_steps(10_000, False)
+        (2000, 600, 2000)
+    """
+    anneal = _anneal_length(annealing, steps)
+    return min(steps, 2 * anneal) if anneal else max(1, steps // 5)
 
 
 def _reset_flow(flow: nn.Module) -> None:
