@@ -391,8 +391,8 @@ def fit_reverse_kl(
         restarts: number of starts :math:`R` (default 1). With :math:`R > 1` (see the module
             docstring) start 0 is ``flow``'s current parameters and starts 1.. are drawn by
             ``flow.reset_parameters()`` (a pyro-nf :class:`~pyro_nf.Flow`), else by calling
-            ``reset_parameters()`` on every submodule that has one (Pyro's transforms,
-            ``nn.Linear``). Needs a named ``optimizer`` (not an instance); ``checkpoint``
+            ``reset_parameters()`` on every top-most submodule that has one (Pyro's
+            transforms, ``nn.Linear``, a wrapped pyro-nf flow). Needs a named ``optimizer`` (not an instance); ``checkpoint``
             then holds the continued run.
         pilot_steps: length of each pilot (default: twice the annealing length, at most
             ``steps``; ``steps // 5`` without annealing).
@@ -485,11 +485,15 @@ def _reset_flow(flow: nn.Module) -> None:
     if callable(getattr(flow, "reset_parameters", None)):
         flow.reset_parameters()
         return
-    resettable = [
-        m
-        for m in flow.modules()
-        if m is not flow and callable(getattr(m, "reset_parameters", None))
-    ]
+    # the top-most resettable submodules only: a module's own reset_parameters covers its
+    # children (and may re-zero layers that resetting those children again would undo)
+    resettable, prefixes = [], []
+    for name, m in flow.named_modules():
+        if m is flow or not callable(getattr(m, "reset_parameters", None)):
+            continue
+        if not any(name.startswith(p) for p in prefixes):
+            resettable.append(m)
+            prefixes.append(name + ".")
     if not resettable:
         raise ValueError(
             f"flow: restarts need fresh initial parameters, but {type(flow).__name__} has no "

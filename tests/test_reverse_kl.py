@@ -350,6 +350,31 @@ def test_restarts_need_a_fresh_optimizer_and_a_resettable_flow():
         fit_reverse_kl(Fixed(), get_target("U1"), steps=4, restarts=2, progress=False)
 
 
+def test_restart_of_a_wrapped_pyro_nf_flow_is_a_fresh_identity_start():
+    """A module without reset_parameters() of its own is reset through its top-most resettable
+    submodules only: resetting the MADE's linear layers again after the flow's own reset would
+    undo the zeroed output layer that makes a fresh IAF the identity."""
+    from pyro_nf.reverse_kl import _reset_flow
+
+    class Wrapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.flow = pyro_nf.iaf(2, depth=2, hidden=(8,))
+
+        def forward(self):
+            return self.flow()
+
+    torch.manual_seed(0)
+    q = Wrapped()
+    with torch.no_grad():
+        for p in q.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    _reset_flow(q)
+    x = torch.randn(5, 2)
+    base = torch.distributions.Normal(0.0, 1.0).log_prob(x).sum(-1)
+    assert torch.allclose(q().log_prob(x), base, atol=1e-6)
+
+
 @pytest.mark.slow
 def test_restarts_rescue_a_start_that_collapses_on_u2():
     """Planar K=8 on U2 from seed 1 collapses to a straight band (KL about 1.57 nats, also with
