@@ -191,19 +191,32 @@ class _PlanarChain(torch.autograd.Function):
 
 
 def _solve_root(c: torch.Tensor, m: torch.Tensor, rtol: float, max_iter: int) -> torch.Tensor:
-    """Solve ``s + m tanh(s) = c`` elementwise (no autograd), Newton safeguarded by bisection."""
+    """Solve ``s + m tanh(s) = c`` elementwise (no autograd): safeguarded Newton.
+
+    ``F(s) = s + m tanh(s) - c`` is increasing (``m > -1``) and its root lies in the bracket
+    ``[c - |m|, c + |m|]``. The start is the root of the nearer linear regime (``c / (1 + m)``
+    near 0, ``c - m sign(c)`` where tanh saturates). A Newton step is replaced by bisection of the
+    current bracket when it leaves the bracket or would not halve the previous step (the
+    safeguard of "rtsafe", Press et al., *Numerical Recipes*, §9.4): plain Newton can cycle
+    between the two saturated sides, e.g. ``m ≈ 10, c ≈ -8.6``.
+    """
     lo, hi = c - m.abs(), c + m.abs()
-    s = c.clone()
+    linear = c.abs() <= 1.0 + m
+    s = torch.where(linear, c / (1.0 + m), c - m * torch.sign(c))
+    s = torch.minimum(torch.maximum(s, lo), hi)
+    step_old = hi - lo
     for _ in range(max_iter):
         t = torch.tanh(s)
         f = s + m * t - c
         hi = torch.where(f > 0, s, hi)
         lo = torch.where(f < 0, s, lo)
-        s_new = s - f / (1.0 + m * (1.0 - t * t))
-        outside = ~((s_new > lo) & (s_new < hi))
-        s_new = torch.where(outside, 0.5 * (lo + hi), s_new)
+        newton = f / (1.0 + m * (1.0 - t * t))
+        s_new = s - newton
+        bisect = ~((s_new > lo) & (s_new < hi)) | (2.0 * newton.abs() > step_old.abs())
+        s_new = torch.where(bisect, 0.5 * (lo + hi), s_new)
+        step_old = s_new - s
         tol = rtol * (1.0 + s_new.abs())
-        done = ((s_new - s).abs() <= tol) | (f == 0) | ((hi - lo) <= tol)
+        done = (step_old.abs() <= tol) | (f == 0) | ((hi - lo) <= tol)
         s = torch.where(f == 0, s, s_new)
         if bool(done.all()):
             return s
