@@ -8,7 +8,9 @@ same seeded minibatch schedule — and differs only in the posterior and in how 
   direct one-pass ELBO (encode, ``rsample_and_log_prob``, decode) with ``torch.optim.Adam``
   (fused update);
 * **Pyro** (``pyro-diag``: a ``Normal`` encoder; ``pyro-planar``: ``ConditionalPlanar`` × 10 with
-  its default hypernetwork ``300 → 400 → 400 → 81`` per layer; ``pyro-iaf``:
+  its default hypernetwork ``300 → 400 → 400 → 81`` per layer; ``pyro-planar-linear``: the same
+  with pyro-nf's hypernetwork, one linear ``300 → 81`` per layer — the identical architecture
+  and parameter count to pyro-nf's planar; ``pyro-iaf``:
   ``ConditionalAffineAutoregressive`` × 2 with its default hidden ``[400]`` and a reversal
   between layers), all on the same diagonal Gaussian base through Pyro's
   ``ConditionalTransformedDistribution``, trained the Pyro way: ``SVI(model, guide,
@@ -66,6 +68,7 @@ CONTENDERS: dict[str, tuple[str, int | None, str]] = {
     "pyro-nf iaf K=2": ("iaf", 2, "direct"),
     "Pyro diag (SVI)": ("pyro-diag", None, "svi"),
     "Pyro ConditionalPlanar K=10 (SVI)": ("pyro-planar", 10, "svi"),
+    "Pyro ConditionalPlanar K=10, linear hypernet (SVI)": ("pyro-planar-linear", 10, "svi"),
     "Pyro ConditionalAffineAutoregressive K=2 (SVI)": ("pyro-iaf", 2, "svi"),
 }
 CROSS: dict[str, tuple[str, int | None, str]] = {

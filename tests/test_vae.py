@@ -78,7 +78,7 @@ def test_amortized_parameters_are_per_data_point(kind):
     assert torch.equal(log_q_s[:, others], log_q_s2[:, others])
 
 
-@pytest.mark.parametrize("kind", OURS + ("pyro-planar",))
+@pytest.mark.parametrize("kind", OURS + ("pyro-planar", "pyro-planar-linear"))
 def test_changing_one_image_changes_only_its_row(kind):
     torch.manual_seed(0)
     vae = _perturb(flow_vae(10, flow=kind, depth=2, z_dim=3, hidden=(16,)).double(), 0.1)
@@ -92,6 +92,20 @@ def test_changing_one_image_changes_only_its_row(kind):
     rows = torch.arange(6) != 4
     assert torch.equal(h[rows], h2[rows]) and torch.equal(e1[rows], e2[rows])
     assert e1[4] != e2[4]
+
+
+def test_pyro_planar_linear_has_the_planar_architecture():
+    """Pyro's ConditionalPlanar with the linear hypernetwork reads h exactly like pyro-nf's
+    amortized planar flow: one linear map per layer to its 2D + 1 parameters, the same count."""
+    H, D, K = 7, 3, 4
+    ours = make_posterior("planar", D, context_dim=H, depth=K)
+    theirs = make_posterior("pyro-planar-linear", D, context_dim=H, depth=K)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(ours) == count(theirs) == (H + 1) * (2 * D + K * (2 * D + 1))
+    assert all(type(t.nn).__name__ == "_LinearPlanarHypernet" for t in theirs.transforms)
+    q = theirs(torch.randn(5, H))
+    z = q.rsample()
+    assert z.shape == (5, D) and q.log_prob(z).shape == (5,)
 
 
 # -- direct ELBO == Pyro's Trace_ELBO ----------------------------------------------------------
@@ -373,7 +387,7 @@ def test_conv_encoder_vae():
 
 # -- dtypes and devices ------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("kind", ["planar", "iaf", "pyro-planar"])
+@pytest.mark.parametrize("kind", ["planar", "iaf", "pyro-planar", "pyro-planar-linear"])
 def test_dtypes(kind, dtype):
     vae = flow_vae(8, flow=kind, depth=2, z_dim=2, hidden=(8,)).to(dtype)
     x = _binary(4, 8, dtype=dtype)

@@ -12,7 +12,8 @@ MADEs read :math:`h` (Kingma et al. 2016). Modules, one concept each:
   :class:`DiscretizedLogisticLikelihood` (+ the :class:`DiscretizedLogistic` distribution).
 * :mod:`~pyro_nf.vae.networks` — :class:`MLPEncoder`, :class:`ConvEncoder`, :class:`MLPDecoder`.
 * :mod:`~pyro_nf.vae.posteriors` — :func:`make_posterior` (``diag``, ``planar``, ``radial``,
-  ``iaf`` and Pyro's built-ins ``pyro-planar``, ``pyro-iaf``), :func:`rsample_and_log_prob`.
+  ``iaf`` and Pyro's built-ins ``pyro-planar``, ``pyro-planar-linear``, ``pyro-iaf``),
+  :func:`rsample_and_log_prob`.
 * :mod:`~pyro_nf.vae.model` — :class:`VAE` (``elbo``, ``model``/``guide``, ``log_likelihood``)
   and the builder :func:`flow_vae`.
 * :mod:`~pyro_nf.vae.training` — :func:`fit_vae`, :func:`evaluate_vae`, :class:`EpochBatches`.

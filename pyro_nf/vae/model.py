@@ -298,7 +298,7 @@ def flow_vae(
     Args:
         data_dim: ``D_x`` (e.g. 784).
         flow: posterior kind, one of :data:`~pyro_nf.vae.FLOWS` (``"diag"``, ``"planar"``,
-            ``"radial"``, ``"iaf"``, ``"pyro-planar"``, ``"pyro-iaf"``).
+            ``"radial"``, ``"iaf"``, ``"pyro-planar"``, ``"pyro-planar-linear"``, ``"pyro-iaf"``).
         depth: number of flow layers (see :func:`~pyro_nf.vae.make_posterior`).
         z_dim: latent dimension ``D_z``.
         hidden: encoder widths; ``hidden[-1]`` is the context size ``H``.

@@ -61,6 +61,7 @@ FLOWS = (
     "nice",
     "pyro-diag",
     "pyro-planar",
+    "pyro-planar-linear",
     "pyro-iaf",
 )
 
@@ -84,6 +85,21 @@ class _ConditionalDiagNormal(nn.Module, ConditionalDistribution):
     def condition(self, context: torch.Tensor) -> dist.TorchDistribution:
         loc, raw = self.linear(context).split(self.dim, dim=-1)
         return dist.Normal(loc, F.softplus(raw)).to_event(1)
+
+
+class _LinearPlanarHypernet(nn.Module):
+    r"""``h ↦ (b, u, w)`` by one linear map ``H → 2D + 1``: the hypernetwork of pyro-nf's
+    amortized planar layer (Rezende & Mohamed 2015), in the ``(bias, u, w)`` order Pyro's
+    ``ConditionalPlanar`` reads. Pyro's ``DenseNN`` needs a hidden layer, hence this module."""
+
+    def __init__(self, context_dim: int, dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(context_dim, 2 * dim + 1)
+        self.dim = dim
+
+    def forward(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        bias, u, w = self.linear(context).split([1, self.dim, self.dim], dim=-1)
+        return bias, u, w
 
 
 class PyroConditionalPosterior(nn.Module):
@@ -123,8 +139,18 @@ class PyroConditionalPosterior(nn.Module):
     def planar(
         cls, dim: int, context_dim: int, depth: int, hidden: Sequence[int] | None = None
     ) -> PyroConditionalPosterior:
-        """``depth`` of Pyro's ``conditional_planar`` (default hypernetwork ``[10D, 10D]``)."""
+        """``depth`` of Pyro's ``conditional_planar`` (default hypernetwork ``[10D, 10D]``;
+        ``hidden=()``: one linear map ``H → 2D + 1`` per layer, pyro-nf's architecture)."""
         check_positive_int("depth", depth)
+        if hidden is not None and len(hidden) == 0:
+            return cls(
+                dim,
+                context_dim,
+                [
+                    T.ConditionalPlanar(_LinearPlanarHypernet(context_dim, dim))
+                    for _ in range(depth)
+                ],
+            )
         hidden = list(hidden) if hidden is not None else None
         return cls(
             dim, context_dim, [T.conditional_planar(dim, context_dim, hidden) for _ in range(depth)]
@@ -167,7 +193,11 @@ def make_posterior(
     Args:
         kind: one of :data:`FLOWS`: ``"diag"`` (diagonal Gaussian, depth 0), ``"planar"``,
             ``"radial"``, ``"iaf"``, ``"realnvp"``, ``"nice"`` (pyro-nf); ``"pyro-diag"`` (a plain Pyro ``Normal``),
-            ``"pyro-planar"``, ``"pyro-iaf"`` (Pyro's built-in conditional flows).
+            ``"pyro-planar"``, ``"pyro-iaf"`` (Pyro's built-in conditional flows, with Pyro's
+            default hypernetworks), ``"pyro-planar-linear"`` (Pyro's ``ConditionalPlanar`` with
+            pyro-nf's linear hypernetwork ``H → 2D + 1`` per layer: the architecture and
+            parameter count of ``"planar"``, for like-for-like comparisons; only Pyro's
+            invertibility constraint differs, it has no shift making ``u = 0`` the identity).
         dim: latent dimension ``D``.
         context_dim: encoder context size ``H``.
         depth: number of flow layers (default 10 for planar/radial, 2 for IAF; ignored by
@@ -206,6 +236,8 @@ def make_posterior(
         return PyroConditionalPosterior(dim, context_dim, [])
     if kind == "pyro-planar":
         return PyroConditionalPosterior.planar(dim, context_dim, depth, hidden)
+    if kind == "pyro-planar-linear":
+        return PyroConditionalPosterior.planar(dim, context_dim, depth, hidden=())
     return PyroConditionalPosterior.iaf(dim, context_dim, depth, hidden)
 
 
