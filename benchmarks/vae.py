@@ -241,6 +241,11 @@ def main(argv: list[str] | None = None) -> int:
             "Pyro ConditionalPlanar K=10 (SVI)",
             "pyro-nf planar K=10",
         ),
+        (
+            "Pyro ConditionalPlanar, linear hypernet / pyro-nf planar (same architecture)",
+            "Pyro ConditionalPlanar K=10, linear hypernet (SVI)",
+            "pyro-nf planar K=10",
+        ),
         ("Pyro diag (SVI) / pyro-nf diag", "Pyro diag (SVI)", "pyro-nf diag"),
         (
             "Pyro ConditionalAffineAutoregressive / pyro-nf iaf",
@@ -270,11 +275,17 @@ def main(argv: list[str] | None = None) -> int:
                 [[k, f"{v['wall']:.2f}x", f"{v['cpu']:.2f}x"] for k, v in ratios.items()],
             )
         )
-    a, b = "pyro-nf planar K=10", "Pyro ConditionalPlanar K=10 (SVI)"
-    if a in rows and b in rows:
-        d = rows[b]["test_nll"] - rows[a]["test_nll"]
-        se = math.hypot(rows[a]["test_nll_se"], rows[b]["test_nll_se"])
-        print(f"\ntest NLL, Pyro ConditionalPlanar - pyro-nf planar: {d:+.2f} nats (± {se:.2f})")
+    a = "pyro-nf planar K=10"
+    for b, name in [
+        ("Pyro ConditionalPlanar K=10 (SVI)", "Pyro ConditionalPlanar"),
+        ("Pyro ConditionalPlanar K=10, linear hypernet (SVI)", "Pyro ConditionalPlanar (linear)"),
+    ]:
+        if a in rows and b in rows:
+            d = rows[b]["test_nll"] - rows[a]["test_nll"]
+            se = math.hypot(rows[a]["test_nll_se"], rows[b]["test_nll_se"])
+            print(
+                f"test NLL, {name} - pyro-nf planar: {d:+.2f} nats (± {se:.2f}; > 0: pyro-nf better)"
+            )
 
     suffix = "_quick" if args.quick else ("_" + torch.device(args.device).type)
     out = Path(args.out) if args.out else RESULTS / f"vae{suffix}.json"
