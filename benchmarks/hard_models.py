@@ -57,7 +57,6 @@ import json
 import math
 import platform
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -69,6 +68,7 @@ import pyro.distributions as dist
 import torch
 
 import pyro_nf
+from pyro_nf.reference import NUTSDraws, run_nuts
 
 __all__ = [
     "MODELS",
@@ -90,7 +90,6 @@ __all__ = [
     "logistic_model",
     "compute_reference",
     "reference_path",
-    "run_nuts",
     "save_reference",
 ]
 
@@ -496,86 +495,10 @@ def _versions() -> dict[str, str]:
     }
 
 
-def run_nuts(
-    model: Callable[..., Any],
-    args: tuple,
-    to_coords: Callable[[dict[str, torch.Tensor], int], torch.Tensor],
-    *,
-    num_chains: int = 4,
-    warmup: int = 1000,
-    num_samples: int = 2000,
-    seed: int = 0,
-    target_accept_prob: float = 0.9,
-    max_tree_depth: int = 10,
-    full_mass: bool = False,
-    init_values: Callable[[int], dict[str, torch.Tensor]] | None = None,
-    progress: bool = False,
-) -> tuple[torch.Tensor, dict[str, Any]]:
-    r"""``num_chains`` sequential runs of Pyro's NUTS (float64, JIT), each seeded ``seed + c``
-    and started by ``init_to_sample`` (or at ``init_values(c)``: dispersed starting points, for
-    models whose prior draws are too far out for the warmup to recover); returns the draws ``(chains, num_samples, P)`` of
-    ``to_coords(samples, num_samples)`` and the run's settings and diagnostics (split R-hat,
-    bulk ESS via :mod:`pyro.ops.stats`, divergences, time)."""
-    from pyro.infer import MCMC, NUTS
-    from pyro.infer.autoguide.initialization import init_to_sample, init_to_value
-    from pyro.ops.stats import effective_sample_size, split_gelman_rubin
-
-    args64 = tuple(a.double() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
-    draws, divergences, t0 = [], 0, time.perf_counter()
-    step_sizes = []
-    for c in range(num_chains):
-        pyro.set_rng_seed(seed + c)
-        kernel = NUTS(
-            model,
-            target_accept_prob=target_accept_prob,
-            max_tree_depth=max_tree_depth,
-            full_mass=full_mass,
-            init_strategy=(
-                init_to_sample
-                if init_values is None
-                else init_to_value(values=init_values(c), fallback=init_to_sample)
-            ),
-            jit_compile=True,
-            ignore_jit_warnings=True,
-        )
-        mcmc = MCMC(
-            kernel, num_samples=num_samples, warmup_steps=warmup, disable_progbar=not progress
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            mcmc.run(*args64)
-        divergences += len(mcmc.diagnostics()["divergences"]["chain 0"])
-        step_sizes.append(float(kernel.step_size))
-        draws.append(to_coords(mcmc.get_samples(), num_samples))
-    x = torch.stack(draws)
-    rhat = split_gelman_rubin(x, chain_dim=0, sample_dim=1)
-    ess = effective_sample_size(x, chain_dim=0, sample_dim=1)
-    info = {
-        "sampler": "pyro.infer.NUTS (jit_compile=True)",
-        "mass_matrix": "dense (adapted)" if full_mass else "diagonal (adapted)",
-        "num_chains": num_chains,
-        "warmup": warmup,
-        "num_samples_per_chain": num_samples,
-        "seed": seed,
-        "seeds": [seed + c for c in range(num_chains)],
-        "target_accept_prob": target_accept_prob,
-        "max_tree_depth": max_tree_depth,
-        "init_strategy": "init_to_sample" if init_values is None else "init_values (dispersed)",
-        "dtype": "float64",
-        "divergences": divergences,
-        "step_sizes": step_sizes,
-        "max_rhat": float(rhat.max()),
-        "min_ess": float(ess.min()),
-        "elapsed_s": round(time.perf_counter() - t0, 1),
-        **_versions(),
-    }
-    return x, {"rhat": rhat, "ess": ess, **info}
-
-
 def _nuts_reference(
-    name: str, names: Sequence[str], draws: torch.Tensor, info: dict[str, Any], max_rhat: float
+    name: str, names: Sequence[str], out: NUTSDraws, max_rhat: float, **extra: Any
 ) -> Reference:
-    rhat, ess = info.pop("rhat"), info.pop("ess")
+    draws, rhat, ess, info = out.draws, out.rhat, out.ess, {**out.info, **extra}
     if not bool((rhat <= max_rhat).all()):
         worst = int(rhat.argmax())
         raise RuntimeError(
@@ -720,7 +643,7 @@ def compute_reference(name: str, *, quick: bool = False, seed: int = 0) -> Refer
             beta = samples["theta"].reshape(k, -1) @ r_inv.T
             return torch.cat([beta, samples["sigma"].reshape(k, 1)], -1).double()
 
-        draws, info = run_nuts(
+        out = run_nuts(
             _linreg_qr_model,
             (q_star, y, prior_tril),
             lin_coords,
@@ -730,8 +653,13 @@ def compute_reference(name: str, *, quick: bool = False, seed: int = 0) -> Refer
             target_accept_prob=0.9,
             init_values=init_values,
         )
-        info["reparameterization"] = "QR: theta = R* beta (X = Q* R*, Q* = Q sqrt(N-1))"
-        nuts = _nuts_reference(name, problem.names, draws, info, max_rhat)
+        nuts = _nuts_reference(
+            name,
+            problem.names,
+            out,
+            max_rhat,
+            reparameterization="QR: theta = R* beta (X = Q* R*, Q* = Q sqrt(N-1))",
+        )
         mean, sd = ref.tensors()
         nm, ns = nuts.tensors()
         ref.checks["nuts"] = {
@@ -751,7 +679,7 @@ def compute_reference(name: str, *, quick: bool = False, seed: int = 0) -> Refer
         def to_coords(samples: dict[str, torch.Tensor], k: int) -> torch.Tensor:
             return samples["theta"].reshape(k, -1) @ r_inv.T
 
-        draws, info = run_nuts(
+        out = run_nuts(
             _logistic_qr_model,
             (q_star, y, prior_tril),
             to_coords,
@@ -760,8 +688,13 @@ def compute_reference(name: str, *, quick: bool = False, seed: int = 0) -> Refer
             seed=seed,
             target_accept_prob=0.9,
         )
-        info["reparameterization"] = "QR: theta = R* beta (X = Q* R*, Q* = Q sqrt(N-1))"
-        return _nuts_reference(name, problem.names, draws, info, max_rhat)
+        return _nuts_reference(
+            name,
+            problem.names,
+            out,
+            max_rhat,
+            reparameterization="QR: theta = R* beta (X = Q* R*, Q* = Q sqrt(N-1))",
+        )
     if name == "eight_schools":
 
         def es_coords(samples: dict[str, torch.Tensor], k: int) -> torch.Tensor:
@@ -769,7 +702,7 @@ def compute_reference(name: str, *, quick: bool = False, seed: int = 0) -> Refer
             theta = mu + tau * samples["theta_raw"].reshape(k, -1)
             return torch.cat([mu, tau, theta], -1).double()
 
-        draws, info = run_nuts(
+        out = run_nuts(
             eight_schools_noncentered,
             problem.args,
             es_coords,
@@ -778,8 +711,13 @@ def compute_reference(name: str, *, quick: bool = False, seed: int = 0) -> Refer
             seed=seed,
             target_accept_prob=0.95,
         )
-        info["reparameterization"] = "non-centered: theta = mu + tau * theta_raw"
-        return _nuts_reference(name, problem.names, draws, info, max_rhat)
+        return _nuts_reference(
+            name,
+            problem.names,
+            out,
+            max_rhat,
+            reparameterization="non-centered: theta = mu + tau * theta_raw",
+        )
     if name == "hierarchical":
 
         def h_coords(samples: dict[str, torch.Tensor], k: int) -> torch.Tensor:
@@ -789,7 +727,7 @@ def compute_reference(name: str, *, quick: bool = False, seed: int = 0) -> Refer
             b = mu_b + sigma_b * samples["b_raw"].reshape(k, -1)
             return torch.cat([*top, a, b], -1).double()
 
-        draws, info = run_nuts(
+        out = run_nuts(
             hierarchical_noncentered,
             problem.args,
             h_coords,
@@ -798,10 +736,13 @@ def compute_reference(name: str, *, quick: bool = False, seed: int = 0) -> Refer
             seed=seed,
             target_accept_prob=0.95,
         )
-        info["reparameterization"] = (
-            "non-centered: a = mu_a + sigma_a a_raw, b = mu_b + sigma_b b_raw"
+        return _nuts_reference(
+            name,
+            problem.names,
+            out,
+            max_rhat,
+            reparameterization="non-centered: a = mu_a + sigma_a a_raw, b = mu_b + sigma_b b_raw",
         )
-        return _nuts_reference(name, problem.names, draws, info, max_rhat)
     raise ValueError(f"name: expected one of {MODELS}, got {name!r}")
 
 

@@ -53,7 +53,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import re
 import time
 import warnings
@@ -77,6 +76,7 @@ from pyro.infer.importance import vectorized_importance_weights
 
 import pyro_nf
 from pyro_nf.psis import psis
+from pyro_nf.reference import run_nuts
 
 __all__ = [
     "EIGHT_SCHOOLS_SIGMA",
@@ -342,7 +342,8 @@ def nuts_reference(
     max_rhat: float = 1.01,
     progress: bool = True,
 ) -> Reference:
-    r"""Posterior moments from ``num_chains`` independent runs of Pyro's NUTS (float64).
+    r"""Posterior moments from ``num_chains`` independent runs of Pyro's NUTS (float64), by
+    :func:`pyro_nf.reference.run_nuts`.
 
     Chains run one after another (cheap on a shared machine), each seeded ``seed + c`` and
     initialised by ``init_to_sample`` from the prior. Split-:math:`\hat R` and the effective
@@ -357,54 +358,24 @@ def nuts_reference(
         >>> len(ref.mean), ref.settings["num_chains"]  # doctest: +SKIP
         (10, 4)
     """
-    from pyro.infer import MCMC, NUTS
-    from pyro.infer.autoguide.initialization import init_to_sample
-    from pyro.ops.stats import effective_sample_size, split_gelman_rubin
-
-    args64 = tuple(a.double() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
-    draws, divergences, t0 = [], 0, time.perf_counter()
-    for c in range(num_chains):
-        pyro.set_rng_seed(seed + c)
-        kernel = NUTS(
-            model,
-            target_accept_prob=target_accept_prob,
-            init_strategy=init_to_sample,
-            jit_compile=True,
-            ignore_jit_warnings=True,
-        )
-        mcmc = MCMC(
-            kernel, num_samples=num_samples, warmup_steps=warmup, disable_progbar=not progress
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            mcmc.run(*args64)
-        samples = mcmc.get_samples()
-        divergences += int(mcmc.diagnostics()["divergences"]["chain 0"].__len__())
-        draws.append(coords(samples, num_samples))
-    elapsed = time.perf_counter() - t0
-    x = torch.stack(draws)  # (chains, draws, P)
-    rhat = split_gelman_rubin(x, chain_dim=0, sample_dim=1)
-    ess = effective_sample_size(x, chain_dim=0, sample_dim=1)
-    flat = x.reshape(-1, x.shape[-1])
+    out = run_nuts(
+        model,
+        args,
+        coords,
+        num_chains=num_chains,
+        warmup=warmup,
+        num_samples=num_samples,
+        seed=seed,
+        target_accept_prob=target_accept_prob,
+        progress=progress,
+    )
+    rhat, ess = out.rhat, out.ess
+    flat = out.draws.reshape(-1, out.draws.shape[-1])
     settings = {
-        "sampler": "pyro.infer.NUTS",
-        "num_chains": num_chains,
-        "warmup": warmup,
-        "num_samples_per_chain": num_samples,
-        "seed": seed,
-        "target_accept_prob": target_accept_prob,
-        "init_strategy": "init_to_sample",
-        "dtype": "float64",
-        "divergences": divergences,
-        "max_rhat": float(rhat.max()),
-        "min_ess": float(ess.min()),
+        **out.info,
         "rhat": [float(r) for r in rhat],
         "ess": [float(e) for e in ess],
         "mcse_mean_over_sd_max": float((1.0 / ess.sqrt()).max()),
-        "elapsed_s": round(elapsed, 1),
-        "pyro": pyro.__version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
     }
     if not bool((rhat <= max_rhat).all()):
         raise RuntimeError(
