@@ -316,7 +316,9 @@ def epoch_means(losses: list[float], steps_per_epoch: int) -> list[float]:
     """
     return [
         sum(chunk) / len(chunk)
-        for chunk in (losses[i : i + steps_per_epoch] for i in range(0, len(losses), steps_per_epoch))
+        for chunk in (
+            losses[i : i + steps_per_epoch] for i in range(0, len(losses), steps_per_epoch)
+        )
     ]
 
 
