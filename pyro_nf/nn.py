@@ -31,6 +31,17 @@ def default_hidden(dim: int, context_dim: int | None = None) -> tuple[int, int]:
     return (width, width)
 
 
+def _redraw_linears(layers: nn.Module, zero_last: bool) -> None:
+    """Torch's default init for every ``nn.Linear`` among ``layers``' children; the last one
+    zeroed if ``zero_last`` (all outputs 0: a flow layer reading them starts at the identity)."""
+    linears = [layer for layer in layers.children() if isinstance(layer, nn.Linear)]
+    for layer in linears:
+        layer.reset_parameters()
+    if zero_last and linears:
+        nn.init.zeros_(linears[-1].weight)
+        nn.init.zeros_(linears[-1].bias)
+
+
 class MLP(nn.Sequential):
     """A multi-layer perceptron ``in → hidden... → out`` with a nonlinearity between layers.
 
@@ -69,12 +80,7 @@ class MLP(nn.Sequential):
 
     def reset_parameters(self) -> None:
         """Draw fresh weights (torch's default init), zeroing the last layer if ``zero_last``."""
-        for layer in self:
-            if isinstance(layer, nn.Linear):
-                layer.reset_parameters()
-        if self.zero_last:
-            nn.init.zeros_(self[-1].weight)
-            nn.init.zeros_(self[-1].bias)
+        _redraw_linears(self, self.zero_last)
 
 
 class MaskedLinear(nn.Linear):
@@ -164,10 +170,7 @@ class MADE(nn.Module):
 
     def reset_parameters(self) -> None:
         """Draw fresh hidden weights (torch's default init) and zero the output layer."""
-        for layer in self.net:
-            if isinstance(layer, nn.Linear):
-                layer.reset_parameters()
-        self.reset_output()
+        _redraw_linears(self.net, zero_last=True)
 
     def reset_output(self) -> None:
         """Zero the output layer (all outputs 0: the flow layer using it starts at identity)."""
