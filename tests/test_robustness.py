@@ -153,23 +153,37 @@ def test_planar_root_finder_does_not_cycle_between_the_saturated_sides():
     assert (s + m * torch.tanh(s) - c).abs().max() < 1e-4
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
-    log_one_plus_m=st.floats(-7.0, 5.0),
-    log_abs_c=st.floats(-6.0, 6.0),
-    sign=st.sampled_from([-1.0, 1.0]),
+    seed=st.integers(0, 2**16),
     dtype=st.sampled_from([torch.float32, torch.float64]),
+    broadcast=st.booleans(),
 )
-def test_planar_root_finder_converges_property(log_one_plus_m, log_abs_c, sign, dtype):
-    """Every invertible layer (m > -1) and any c: the root within 60 iterations."""
-    one_plus_m = torch.tensor(log_one_plus_m, dtype=torch.float64).exp()
-    m = (one_plus_m - 1).to(dtype).reshape(1)
-    c = (sign * torch.tensor(log_abs_c, dtype=torch.float64).exp()).to(dtype).reshape(1)
+def test_planar_root_finder_converges_property(seed, dtype, broadcast):
+    """Any invertible layer (1 + m from 1e-3 to e^5) and any c (|c| from e^-6 to e^6), a batch
+    at a time: every root within 30 iterations, to about machine precision."""
+    g = torch.Generator().manual_seed(seed)
+    n = 2000
+
+    def log_uniform(lo, hi, size):
+        return torch.empty(size, dtype=torch.float64).uniform_(lo, hi, generator=g).exp()
+
+    m_shape = (n // 40, 1) if broadcast else (n // 40, 40)
+    m = (log_uniform(-7.0, 5.0, m_shape) - 1).to(dtype)
+    sign = torch.randint(0, 2, (n // 40, 40), generator=g).double() * 2 - 1
+    c = (sign * log_uniform(-6.0, 6.0, (n // 40, 40))).to(dtype)
     rtol = 1e-6 if dtype == torch.float32 else 1e-12
-    s = _solve_root(c, m, rtol=rtol, max_iter=60)
-    residual = (s + m * torch.tanh(s) - c).abs()
-    eps = torch.finfo(dtype).eps
-    assert float(residual) <= 20 * eps * (1 + float(c.abs()) + float(m.abs()))
+    s = _solve_root(c, m, rtol=rtol, max_iter=30)
+    assert s.shape == c.shape and s.dtype == dtype
+    s64, m64, c64 = s.double(), m.double(), c.double()
+    residual = (s64 + m64 * torch.tanh(s64) - c64).abs()
+    scale = 1 + c64.abs() + m64.abs()
+    assert float((residual / scale).max()) <= 4 * torch.finfo(dtype).eps
+
+
+def test_planar_root_finder_rejects_non_finite_input():
+    with pytest.raises(PlanarInverseError, match="non-finite input"):
+        _solve_root(torch.tensor([0.0, float("nan")]), torch.tensor([0.5, 0.5]), 1e-6, 50)
 
 
 # -- gradients of the numerical inverse ------------------------------------------------------------

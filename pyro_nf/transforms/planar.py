@@ -40,6 +40,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .._validation import check_positive_int
 from .base import FlowTransform, sum_to
 
 __all__ = ["PlanarTransform", "planar_constraint", "PlanarInverseError"]
@@ -126,7 +127,7 @@ class PlanarTransform(FlowTransform):
         self.u, self.w, self.b = u, w, b
         self.depth = u.shape[-2]
         self.rtol = rtol if rtol is not None else (1e-12 if u.dtype == torch.float64 else 1e-6)
-        self.max_iter = max_iter
+        self.max_iter = check_positive_int("max_iter", max_iter)
         self.u_hat, self.m, self.one_plus_m = planar_constraint(u, w)
 
     def forward_and_log_det(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,13 +199,21 @@ def _solve_root(c: torch.Tensor, m: torch.Tensor, rtol: float, max_iter: int) ->
     near 0, ``c - m sign(c)`` where tanh saturates). A Newton step is replaced by bisection of the
     current bracket when it leaves the bracket or would not halve the previous step (the
     safeguard of "rtsafe", Press et al., *Numerical Recipes*, §9.4): plain Newton can cycle
-    between the two saturated sides, e.g. ``m ≈ 10, c ≈ -8.6``.
+    between the two saturated sides, e.g. ``m ≈ 10, c ≈ -8.6``. A point stops moving once it has
+    converged.
     """
+    if not bool(torch.isfinite(c).all() & torch.isfinite(m).all()):
+        raise PlanarInverseError(
+            "planar inverse: non-finite input to the root finder (a NaN or inf in the value to "
+            "invert or in the layer's parameters)"
+        )
+    c, m = torch.broadcast_tensors(c, m)
     lo, hi = c - m.abs(), c + m.abs()
     linear = c.abs() <= 1.0 + m
     s = torch.where(linear, c / (1.0 + m), c - m * torch.sign(c))
     s = torch.minimum(torch.maximum(s, lo), hi)
     step_old = hi - lo
+    done = torch.zeros_like(c, dtype=torch.bool)
     for _ in range(max_iter):
         t = torch.tanh(s)
         f = s + m * t - c
@@ -212,20 +221,21 @@ def _solve_root(c: torch.Tensor, m: torch.Tensor, rtol: float, max_iter: int) ->
         lo = torch.where(f < 0, s, lo)
         newton = f / (1.0 + m * (1.0 - t * t))
         s_new = s - newton
-        bisect = ~((s_new > lo) & (s_new < hi)) | (2.0 * newton.abs() > step_old.abs())
+        bisect = ~((s_new >= lo) & (s_new <= hi)) | (2.0 * newton.abs() > step_old.abs())
         s_new = torch.where(bisect, 0.5 * (lo + hi), s_new)
-        step_old = s_new - s
+        s_new = torch.where(done | (f == 0), s, s_new)
+        step_old = torch.where(done, step_old, s_new - s)
         tol = rtol * (1.0 + s_new.abs())
-        done = (step_old.abs() <= tol) | (f == 0) | ((hi - lo) <= tol)
-        s = torch.where(f == 0, s, s_new)
+        done = done | (f == 0) | ((s_new - s).abs() <= tol) | ((hi - lo) <= tol)
+        s = s_new
         if bool(done.all()):
             return s
-    bad = int((~done).sum())
+    bad = ~done
     raise PlanarInverseError(
         f"planar inverse: the root finder did not converge to rtol={rtol:g} within "
-        f"max_iter={max_iter} iterations for {bad} of {done.numel()} points "
-        f"(largest |c| = {float(c.abs().max()):.3g}, smallest 1 + m = {float((1 + m).min()):.3g}); "
-        "the layer is close to non-invertible there"
+        f"max_iter={max_iter} iterations for {int(bad.sum())} of {done.numel()} points "
+        f"(there: largest |c| = {float(c[bad].abs().max()):.3g}, smallest 1 + m = "
+        f"{float((1 + m[bad]).min()):.3g}); the layer is close to non-invertible there"
     )
 
 
