@@ -7,12 +7,15 @@ whether they can serve as a reference:
 
 * split :math:`\hat R` per coordinate (Gelman et al. 2013; ``pyro.ops.stats``): values above
   about 1.01 mean the chains disagree and the draws are not yet a reference;
-* the bulk effective sample size per coordinate: the Monte-Carlo standard error of a posterior
-  mean is about :math:`\mathrm{sd}/\sqrt{\mathrm{ESS}}`;
+* the effective sample size per coordinate: the Monte-Carlo standard error of a posterior mean
+  is about :math:`\mathrm{sd}/\sqrt{\mathrm{ESS}}`;
 * the number of divergent transitions (a sign of geometry NUTS cannot explore, e.g. a funnel).
 
-Running the chains sequentially keeps the call cheap on a shared machine and its result
-independent of the number of cores.
+Both are Pyro's classic estimators (``pyro.ops.stats``, as in Stan 2.18), not the
+rank-normalized versions of Vehtari et al. (2021). Running the chains sequentially keeps the call
+cheap on a shared machine and its result independent of the number of cores. The chains run
+with float64 as the default dtype; the caller's global random state (torch, numpy, random) is
+restored afterwards.
 
 References:
     Hoffman & Gelman, *The No-U-Turn Sampler*, JMLR 2014.
@@ -39,7 +42,7 @@ Coords = Callable[[dict[str, torch.Tensor], int], torch.Tensor]
 
 class NUTSDraws(NamedTuple):
     """Draws of :func:`run_nuts`: ``draws`` of shape ``(chains, samples, P)`` (float64), split
-    ``rhat`` and bulk ``ess`` of shape ``(P,)``, and ``info``: the settings and diagnostics
+    ``rhat`` and ``ess`` of shape ``(P,)``, and ``info``: the settings and diagnostics
     (JSON-ready)."""
 
     draws: torch.Tensor
@@ -110,20 +113,98 @@ def run_nuts(
         >>> abs(float(out.draws.mean()) - exact_mean) < 0.1, out.info["max_rhat"] < 1.05
         (True, True)
     """
-    from pyro.infer import MCMC, NUTS
-    from pyro.infer.autoguide.initialization import init_to_sample, init_to_value
     from pyro.ops.stats import effective_sample_size, split_gelman_rubin
 
     num_chains = check_positive_int("num_chains", num_chains, minimum=2)
     warmup = check_positive_int("warmup", warmup, minimum=0)
     num_samples = check_positive_int("num_samples", num_samples, minimum=4)
-    if not 0.0 < target_accept_prob < 1.0:
+    max_tree_depth = check_positive_int("max_tree_depth", max_tree_depth)
+    seed = check_positive_int("seed", seed, minimum=0)
+    if (
+        isinstance(target_accept_prob, bool)
+        or not isinstance(target_accept_prob, int | float)
+        or not 0.0 < target_accept_prob < 1.0
+    ):
         raise ValueError(
             f"target_accept_prob: expected a number in (0, 1), got {target_accept_prob!r}"
         )
-    coords = coords if coords is not None else _all_sites
     args64 = tuple(a.double() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
-    draws, step_sizes, divergences, t0 = [], [], 0, time.perf_counter()
+    settings = dict(
+        num_chains=num_chains,
+        warmup=warmup,
+        num_samples=num_samples,
+        seed=seed,
+        target_accept_prob=target_accept_prob,
+        max_tree_depth=max_tree_depth,
+        full_mass=full_mass,
+        init_values=init_values,
+        jit_compile=jit_compile,
+        progress=progress,
+    )
+    rng_state, default_dtype = pyro.util.get_rng_state(), torch.get_default_dtype()
+    t0 = time.perf_counter()
+    torch.set_default_dtype(torch.float64)
+    try:
+        draws, sites, step_sizes, divergences = _run_chains(model, args64, coords, **settings)
+    finally:
+        torch.set_default_dtype(default_dtype)
+        pyro.util.set_rng_state(rng_state)
+    x = torch.stack(draws)
+    rhat = split_gelman_rubin(x, chain_dim=0, sample_dim=1)
+    ess = effective_sample_size(x, chain_dim=0, sample_dim=1)
+    info = {
+        "sampler": f"pyro.infer.NUTS (jit_compile={jit_compile})",
+        "mass_matrix": "dense (adapted)" if full_mass else "diagonal (adapted)",
+        "num_chains": num_chains,
+        "warmup": warmup,
+        "num_samples_per_chain": num_samples,
+        "seed": seed,
+        "seeds": [seed + c for c in range(num_chains)],
+        "target_accept_prob": target_accept_prob,
+        "max_tree_depth": max_tree_depth,
+        "init_strategy": "init_to_sample" if init_values is None else "init_values (dispersed)",
+        "dtype": "float64",
+        "sites": sites,
+        "coords": (
+            "every latent site flattened, in the order of 'sites'"
+            if coords is None
+            else "coords(samples, num_samples)"
+        ),
+        "divergences": divergences,
+        "step_sizes": step_sizes,
+        "max_rhat": float(rhat.max()),
+        "min_ess": float(ess.min()),
+        "elapsed_s": round(time.perf_counter() - t0, 1),
+        "pyro": pyro.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    return NUTSDraws(x, rhat, ess, info)
+
+
+def _run_chains(
+    model: Callable[..., Any],
+    args: tuple,
+    coords: Coords | None,
+    *,
+    num_chains: int,
+    warmup: int,
+    num_samples: int,
+    seed: int,
+    target_accept_prob: float,
+    max_tree_depth: int,
+    full_mass: bool,
+    init_values: Callable[[int], dict[str, torch.Tensor]] | None,
+    jit_compile: bool,
+    progress: bool,
+) -> tuple[list[torch.Tensor], dict[str, list[int]], list[float], int]:
+    """The chains of :func:`run_nuts`, one after another: their coordinates, the latent sites'
+    shapes, the adapted step sizes and the number of divergences."""
+    from pyro.infer import MCMC, NUTS
+    from pyro.infer.autoguide.initialization import init_to_sample, init_to_value
+
+    draws, step_sizes, divergences = [], [], 0
+    sites: dict[str, list[int]] = {}
     for c in range(num_chains):
         pyro.set_rng_seed(seed + c)
         init = (
@@ -144,33 +225,29 @@ def run_nuts(
             kernel, num_samples=num_samples, warmup_steps=warmup, disable_progbar=not progress
         )
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            mcmc.run(*args64)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            mcmc.run(*args)
+        samples = mcmc.get_samples()
+        if not samples:
+            raise ValueError("model: expected at least one latent sample site, got none")
+        sites = {name: list(v.shape[1:]) for name, v in samples.items()}
         divergences += len(mcmc.diagnostics()["divergences"]["chain 0"])
         step_sizes.append(float(kernel.step_size))
-        draws.append(coords(mcmc.get_samples(), num_samples).double())
-    x = torch.stack(draws)
-    rhat = split_gelman_rubin(x, chain_dim=0, sample_dim=1)
-    ess = effective_sample_size(x, chain_dim=0, sample_dim=1)
-    info = {
-        "sampler": f"pyro.infer.NUTS (jit_compile={jit_compile})",
-        "mass_matrix": "dense (adapted)" if full_mass else "diagonal (adapted)",
-        "num_chains": num_chains,
-        "warmup": warmup,
-        "num_samples_per_chain": num_samples,
-        "seed": seed,
-        "seeds": [seed + c for c in range(num_chains)],
-        "target_accept_prob": target_accept_prob,
-        "max_tree_depth": max_tree_depth,
-        "init_strategy": "init_to_sample" if init_values is None else "init_values (dispersed)",
-        "dtype": "float64",
-        "divergences": divergences,
-        "step_sizes": step_sizes,
-        "max_rhat": float(rhat.max()),
-        "min_ess": float(ess.min()),
-        "elapsed_s": round(time.perf_counter() - t0, 1),
-        "pyro": pyro.__version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
-    return NUTSDraws(x, rhat, ess, info)
+        value = (
+            coords(samples, num_samples) if coords is not None else _all_sites(samples, num_samples)
+        )
+        draws.append(_check_coords(value, num_samples))
+    return draws, sites, step_sizes, divergences
+
+
+def _check_coords(value: Any, num_samples: int) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor) or value.dim() != 2 or value.shape[0] != num_samples:
+        got = (
+            f"shape {tuple(value.shape)}"
+            if isinstance(value, torch.Tensor)
+            else type(value).__name__
+        )
+        raise ValueError(
+            f"coords: expected a tensor of shape ({num_samples}, P) (draws, coordinates), got {got}"
+        )
+    return value.double()

@@ -28,7 +28,8 @@ def test_default_coords_flatten_every_site_and_are_float64():
     assert bool((out.draws[..., 2] > 0).all())  # the scale site, in the constrained space
     assert out.info["seeds"] == [0, 1] and out.info["num_samples_per_chain"] == 120
     assert out.info["init_strategy"] == "init_to_sample"
-    assert len(out.info["step_sizes"]) == 2 and out.info["divergences"] >= 0
+    assert len(out.info["step_sizes"]) == 2
+    assert out.info["sites"] == {"loc": [2], "scale": []}
 
 
 def test_known_posterior_is_recovered():
@@ -68,12 +69,43 @@ def test_coords_and_init_values():
     assert out.info["seeds"] == [5, 6, 7] and out.info["init_strategy"].startswith("init_values")
 
 
+def test_runs_in_float64_and_restores_the_callers_state():
+    """A model that makes its own float32 tensors still runs (and reports) float64, and the
+    caller's default dtype and random stream are as before."""
+
+    def model():
+        pyro.sample("x", dist.Normal(torch.tensor(0.0), torch.tensor(1.0)))
+
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    out = run_nuts(model, num_chains=2, warmup=20, num_samples=20, jit_compile=False)
+    assert out.draws.dtype == torch.float64 and torch.get_default_dtype() == torch.float32
+    assert torch.equal(torch.rand(3), expected_next)
+
+
+def test_coords_of_the_wrong_shape_and_models_without_latents_are_named():
+    with pytest.raises(ValueError, match=r"coords: expected a tensor of shape \(10, P\).*\(10,\)"):
+        run_nuts(_model, (_data(),), lambda s, k: s["scale"], num_chains=2, warmup=5,
+                 num_samples=10, jit_compile=False)  # fmt: skip
+
+    def no_latents(y):
+        pyro.sample("y", dist.Normal(0.0, 1.0), obs=y)
+
+    with pytest.raises(ValueError, match="model: expected at least one latent sample site"):
+        run_nuts(no_latents, (torch.tensor(0.3),), num_chains=2, warmup=5, num_samples=10,
+                 jit_compile=False)  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
         ({"num_chains": 1}, "num_chains: expected an integer >= 2"),
         ({"num_samples": 2}, "num_samples: expected an integer >= 4"),
+        ({"max_tree_depth": 0}, "max_tree_depth: expected an integer >= 1"),
+        ({"seed": 1.5}, "seed: expected an integer >= 0"),
         ({"target_accept_prob": 1.0}, r"target_accept_prob: expected a number in \(0, 1\)"),
+        ({"target_accept_prob": "0.8"}, r"target_accept_prob: expected a number in \(0, 1\)"),
     ],
 )
 def test_bad_arguments_name_themselves(kwargs, match):

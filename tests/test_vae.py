@@ -106,6 +106,8 @@ def test_pyro_planar_linear_has_the_planar_architecture():
     q = theirs(torch.randn(5, H))
     z = q.rsample()
     assert z.shape == (5, D) and q.log_prob(z).shape == (5,)
+    with pytest.raises(ValueError, match="hidden: 'pyro-planar-linear' has a linear hypernetwork"):
+        make_posterior("pyro-planar-linear", D, context_dim=H, depth=K, hidden=(16,))
 
 
 # -- direct ELBO == Pyro's Trace_ELBO ----------------------------------------------------------

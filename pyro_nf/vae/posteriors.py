@@ -237,6 +237,11 @@ def make_posterior(
     if kind == "pyro-planar":
         return PyroConditionalPosterior.planar(dim, context_dim, depth, hidden)
     if kind == "pyro-planar-linear":
+        if hidden is not None and len(hidden) > 0:
+            raise ValueError(
+                "hidden: 'pyro-planar-linear' has a linear hypernetwork (no hidden layers); got "
+                f"hidden={tuple(hidden)} (use 'pyro-planar' for a hidden-layer hypernetwork)"
+            )
         return PyroConditionalPosterior.planar(dim, context_dim, depth, hidden=())
     return PyroConditionalPosterior.iaf(dim, context_dim, depth, hidden)
 
