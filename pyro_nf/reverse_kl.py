@@ -45,8 +45,8 @@ A callable whose positional parameters all have defaults (or that has none) is t
 Pyro model, any other callable a log density.
 
 **Restarts.** The reverse KL is mode-seeking and its local optima are real: on U2 with planar
-K = 8 about 3 starts in 8 end as a straight band that ignores the sine (KL ≈ 1.57 instead of
-0.1-0.5), and which one does is fixed by the initial parameters, not by the sampling noise.
+K = 8, 4 starts in 20 end as a straight band that ignores the sine (KL ≈ 1.57 instead of
+0.1-0.6), and which one does is fixed by the initial parameters, not by the sampling noise.
 ``restarts=R`` runs :math:`R` pilots from fresh initial parameters for ``pilot_steps`` steps
 each (on the same learning-rate and annealing schedules as the full run), keeps the pilot with
 the lowest mean loss over its last steps, and continues it to ``steps``. Cost:
