@@ -31,6 +31,12 @@ def default_hidden(dim: int, context_dim: int | None = None) -> tuple[int, int]:
     return (width, width)
 
 
+def _zero_linear(layer: nn.Linear) -> None:
+    """All outputs 0: a flow layer reading them starts at the identity."""
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+
+
 def _redraw_linears(layers: nn.Module, zero_last: bool) -> None:
     """Torch's default init for every ``nn.Linear`` among ``layers``' children; the last one
     zeroed if ``zero_last`` (all outputs 0: a flow layer reading them starts at the identity)."""
@@ -38,8 +44,7 @@ def _redraw_linears(layers: nn.Module, zero_last: bool) -> None:
     for layer in linears:
         layer.reset_parameters()
     if zero_last and linears:
-        nn.init.zeros_(linears[-1].weight)
-        nn.init.zeros_(linears[-1].bias)
+        _zero_linear(linears[-1])
 
 
 class MLP(nn.Sequential):
@@ -75,8 +80,7 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
         self.zero_last = zero_last
         if zero_last:
-            nn.init.zeros_(layers[-1].weight)
-            nn.init.zeros_(layers[-1].bias)
+            _zero_linear(layers[-1])
 
     def reset_parameters(self) -> None:
         """Draw fresh weights (torch's default init), zeroing the last layer if ``zero_last``."""
@@ -174,9 +178,7 @@ class MADE(nn.Module):
 
     def reset_output(self) -> None:
         """Zero the output layer (all outputs 0: the flow layer using it starts at identity)."""
-        last = self.net[-1]
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
+        _zero_linear(self.net[-1])
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         if self.context_dim is not None:

@@ -224,7 +224,7 @@ def _solve_root(c: torch.Tensor, m: torch.Tensor, rtol: float, max_iter: int) ->
         bisect = ~((s_new >= lo) & (s_new <= hi)) | (2.0 * newton.abs() > step_old.abs())
         s_new = torch.where(bisect, 0.5 * (lo + hi), s_new)
         s_new = torch.where(done | (f == 0), s, s_new)
-        step_old = torch.where(done, step_old, s_new - s)
+        step_old = s_new - s
         tol = rtol * (1.0 + s_new.abs())
         done = done | (f == 0) | ((s_new - s).abs() <= tol) | ((hi - lo) <= tol)
         s = s_new
