@@ -28,8 +28,15 @@ The flows:
 
 ``--restarts R`` fits with ``fit_reverse_kl(restarts=R)`` for *both* libraries: R pilots from
 fresh initial parameters (pyro-nf's ``Flow.reset_parameters``; Pyro's own ``reset_parameters``
-of each transform), the best continued, ``steps + (R - 1) * pilot_steps`` steps in all; the
-table's ``R`` column says which rows these are.
+of each transform), the best continued, ``steps + (R - 1) * pilot_steps`` steps in all (the
+table's ``starts`` column: ``R pilots``).
+
+``--population R`` fits with ``fit_reverse_kl(population=R)`` for *both* libraries: R starts
+trained side by side, ``--batch-size`` draws per member and step, the worse half dropped by
+its mean loss over the last 200 steps at ``pyro_nf.population.halving_steps`` (R = 4: steps
+T/4 and T/2), ``steps`` steps in all (``starts``: ``R side by side``). pyro-nf stacks the
+members' parameters and samples them in one batched pass; Pyro's flows are R module copies
+sampled one after the other.
 
 Wall time is the time of the fit (``History.elapsed``) on one CPU thread; on a shared machine it
 is noisy, so compare times from the same run only. With several ``--seeds`` the table shows
@@ -41,6 +48,8 @@ Usage::
     python benchmarks/energies.py --energies U1 U2 --families planar radial --depths 32
     python benchmarks/energies.py --steps 2000 --out benchmarks/results/energies_2000.json
     python benchmarks/energies.py --energies U2 --families planar --depths 32 --restarts 4
+    python benchmarks/energies.py --energies U2 --families planar --depths 32 --population 4 \
+        --batch-size 1024
     python benchmarks/energies.py --resume ...                     # skip runs already saved
 
 References:
@@ -133,12 +142,13 @@ class PyroFlow(nn.Module):
         return dist.TransformedDistribution(base, list(self.transforms))
 
 
-def build_flow(library: str, family: str, depth: int) -> nn.Module:
-    """The flow of ``library`` (``"pyro_nf"`` or ``"pyro"``) for one grid cell."""
+def build_flow(library: str, family: str, depth: int, planar_init: str = "identity") -> nn.Module:
+    """The flow of ``library`` (``"pyro_nf"`` or ``"pyro"``) for one grid cell; ``planar_init``
+    is pyro-nf's ``planar(init=...)`` (Pyro's planar maps always start at its own random init)."""
     if library == "pyro":
         return PyroFlow(family, depth)
     if family == "planar":
-        return pyro_nf.planar(2, depth=depth)
+        return pyro_nf.planar(2, depth=depth, init=planar_init)
     if family == "radial":
         return pyro_nf.radial(2, depth=depth)
     if family == "iaf":
@@ -152,7 +162,7 @@ def run_one(
     """Fit one flow and estimate its KL; returns a JSON-ready record."""
     target = get_target(energy)
     torch.manual_seed(seed)
-    flow = build_flow(library, family, depth)
+    flow = build_flow(library, family, depth, _planar_init(library, family, args))
     n_params = sum(p.numel() for p in flow.parameters())
     torch.manual_seed(10_000 + seed)  # the same sampling noise stream for both libraries
     record: dict[str, Any] = {
@@ -170,6 +180,7 @@ def run_one(
             annealing=args.anneal_steps,
             restarts=args.restarts,
             pilot_steps=args.pilot_steps,
+            population=args.population,
             progress=False,
         )
         # with restarts the kept history holds one start only: time the whole call
@@ -226,6 +237,8 @@ def _cell(
         "anneal_steps": args.anneal_steps,
         "restarts": args.restarts,
         "pilot_steps": args.pilot_steps if args.restarts > 1 else None,
+        "population": args.population,
+        "planar_init": _planar_init(library, family, args),
     }
 
 
@@ -242,7 +255,14 @@ def _key(r: dict[str, Any]) -> tuple:
         r["anneal_steps"],
         r.get("restarts", 1),
         r.get("pilot_steps"),
+        r.get("population", 1),
+        r.get("planar_init"),
     )
+
+
+def _planar_init(library: str, family: str, args: argparse.Namespace) -> str | None:
+    """pyro-nf's planar init for the run (``None`` where it does not apply)."""
+    return args.planar_init if library == "pyro_nf" and family == "planar" else None
 
 
 def _median(xs: list[float]) -> float:
@@ -250,20 +270,43 @@ def _median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else math.nan
 
 
+def starts(record: dict[str, Any]) -> str:
+    """How a run used several starts: ``"1"``, ``"R pilots"`` (``--restarts R``) or
+    ``"R side by side"`` (``--population R``)."""
+    if record.get("population", 1) > 1:
+        return f"{record['population']} side by side"
+    if record.get("restarts", 1) > 1:
+        return f"{record['restarts']} pilots"
+    return "1"
+
+
 def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (energy, family, depth, steps, restarts): medians over seeds, both libraries."""
-    cells: dict[tuple, dict[str, list[dict[str, Any]]]] = {}
+    """One row per (energy, family, depth, steps, batch, starts): medians over seeds, both
+    libraries."""
+    nf_runs: dict[tuple, list[dict[str, Any]]] = {}
+    pyro_runs: dict[tuple, list[dict[str, Any]]] = {}
     for r in records:
-        key = (r["energy"], r["family"], r["depth"], r["steps"], r.get("restarts", 1))
-        cells.setdefault(key, {}).setdefault(r["library"], []).append(r)
+        key = (r["energy"], r["family"], r["depth"], r["steps"], r["batch_size"], starts(r))
+        if r["library"] == "pyro_nf":
+            init = r.get("planar_init") or ("identity" if r["family"] == "planar" else "")
+            nf_runs.setdefault((*key, init), []).append(r)
+        else:
+            pyro_runs.setdefault(key, []).append(r)
+    # Pyro's runs are compared with pyro-nf's under every init of the same settings
+    cells = {k: {"pyro_nf": v, "pyro": pyro_runs.get(k[:-1], [])} for k, v in nf_runs.items()}
+    for key, runs in pyro_runs.items():
+        if not any(k[:-1] == key for k in cells):
+            cells[(*key, "")] = {"pyro_nf": [], "pyro": runs}
     rows = []
-    for (energy, family, depth, steps, restarts), libs in sorted(cells.items()):
+    for (energy, family, depth, steps, batch, how, init), libs in sorted(cells.items()):
         row: dict[str, Any] = {
             "energy": energy,
             "family": family,
             "depth": depth,
             "steps": steps,
-            "restarts": restarts,
+            "batch_size": batch,
+            "starts": how,
+            "planar_init": init,
         }
         for lib in LIBRARIES:
             rs = libs.get(lib, [])
@@ -291,7 +334,9 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
         "family",
         "K",
         "steps",
-        "R",
+        "B",
+        "starts",
+        "init",
         "seeds",
         "KL pyro-nf",
         "KL Pyro",
@@ -309,7 +354,8 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
             "" if tgt is None else f"<= {tgt} " + ("met" if r["pyro_nf_kl"] <= tgt else "MISSED")
         )
         body.append([
-            r["energy"], r["family"], r["depth"], r["steps"], r["restarts"],
+            r["energy"], r["family"], r["depth"], r["steps"], r["batch_size"], r["starts"],
+            r["planar_init"],
             f"{r['pyro_nf_seeds']}/{r['pyro_seeds']}",
             f"{_fmt(r['pyro_nf_kl'])} ± {_fmt(r['pyro_nf_kl_se'])}",
             f"{_fmt(r['pyro_kl'])} ± {_fmt(r['pyro_kl_se'])}",
@@ -347,6 +393,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--pilot-steps", type=int, default=None, help="pilot length (default 2 x anneal steps)"
     )
+    p.add_argument(
+        "--population",
+        type=int,
+        default=1,
+        help="starts trained side by side with successive halving, batch per member "
+        "(fit_reverse_kl(population=...)); both libraries (default 1)",
+    )
+    p.add_argument(
+        "--planar-init",
+        default="identity",
+        choices=("identity", "random"),
+        help="pyro-nf's planar(init=...): the identity or a random contraction per map",
+    )
     p.add_argument("--kl-samples", type=int, default=200_000)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument(
@@ -379,6 +438,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.steps, args.kl_samples = 200, 20_000
     if args.anneal_steps is None:
         args.anneal_steps = max(1, args.steps // 10)
+    if args.restarts > 1 and args.population > 1:
+        p.error("--restarts and --population are two multi-start strategies: use one")
     if args.restarts > 1 and args.pilot_steps is None:
         args.pilot_steps = default_pilot_steps(args.steps, args.anneal_steps)
     if args.out is None:

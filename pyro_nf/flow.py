@@ -30,6 +30,7 @@ from .layers import (
     DiagonalAffineLayer,
     FlowLayer,
     PermuteLayer,
+    PlanarInit,
     PlanarLayer,
     RadialLayer,
 )
@@ -167,8 +168,13 @@ def planar(
     context_dim: int | None = None,
     base: BaseKind = "diagonal",
     context_hidden: Sequence[int] = (),
+    init: PlanarInit = "identity",
 ) -> Flow:
     r"""A planar flow: ``depth`` planar maps after a diagonal Gaussian (or standard) base.
+
+    ``init="random"`` starts the maps at random contractions instead of the identity (see
+    :class:`~pyro_nf.layers.PlanarLayer`); with ``fit_reverse_kl(population=...)`` that is the
+    better start on multimodal 2D energies (``benchmarks/results/energies.json``).
 
     Example:
         >>> flow = planar(2, depth=8)
@@ -178,7 +184,9 @@ def planar(
     """
     check_positive_int("depth", depth)
     amortized = context_dim is not None
-    layers = _base_layers(dim, base, amortized) + [PlanarLayer(dim, depth, amortized=amortized)]
+    layers = _base_layers(dim, base, amortized) + [
+        PlanarLayer(dim, depth, amortized=amortized, init=init)
+    ]
     return Flow(dim, layers, context_dim, context_hidden)
 
 

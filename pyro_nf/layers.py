@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ._validation import check_positive_int
@@ -36,6 +37,7 @@ from .transforms import (
 )
 from .transforms.affine import raw_from_scale
 from .transforms.autoregressive import DEFAULT_GATE_BIAS, DEFAULT_SCALE_BOUND
+from .transforms.planar import planar_raw_u
 
 __all__ = [
     "FlowLayer",
@@ -124,10 +126,24 @@ class FlowLayer(nn.Module):
         return self.build(params, context)
 
 
+PlanarInit = Literal["identity", "random"]
+
+
 class PlanarLayer(FlowLayer):
     r"""``depth`` planar maps (see :mod:`pyro_nf.transforms.planar`); ``K(2D + 1)`` parameters.
 
-    Initialised with :math:`u = 0` (exactly the identity), :math:`w \sim \mathcal N(0, 1/D)`, :math:`b = 0`.
+    Args:
+        dim, depth, amortized: as for every layer.
+        init: ``"identity"`` (default): :math:`u = 0` (exactly the identity),
+            :math:`w \sim \mathcal N(0, 1/D)`, :math:`b = 0`. ``"random"``: the random start of
+            Rezende & Mohamed's constraint :math:`m(a) = \operatorname{softplus}(a) - 1` as in
+            Pyro's ``Planar``: raw :math:`u, w, b \sim \mathcal U(-1/\sqrt D, 1/\sqrt D)`
+            mapped through that constraint to :math:`\hat u`, and stored as the raw ``u`` that
+            gives the same :math:`\hat u` under pyro-nf's shifted constraint
+            (:func:`~pyro_nf.transforms.planar.planar_raw_u`). Each map then starts as a random
+            contraction across its hyperplane (:math:`w^\top\hat u \approx -0.3`): a start far
+            from the identity that differs from draw to draw, which a multi-start fit
+            (``fit_reverse_kl(population=...)``) can choose among.
 
     Example:
         >>> layer = PlanarLayer(3, depth=2)
@@ -136,14 +152,32 @@ class PlanarLayer(FlowLayer):
         >>> x = torch.randn(4, 3)
         >>> torch.equal(layer.transform()(x), x)   # identity at initialisation
         True
+        >>> from pyro_nf.transforms import planar_constraint
+        >>> params = PlanarLayer(2, depth=1000, init="random").params.detach()
+        >>> u, w, _ = params.reshape(1000, 5).split([2, 2, 1], dim=-1)
+        >>> m = planar_constraint(u, w)[1]    # w . u_hat = softplus(w . u_raw) - 1, |w . u_raw| <= 1
+        >>> bool((m > -0.69).all() and (m < 0.32).all()), round(float(m.mean()), 1)
+        (True, -0.3)
     """
 
-    def __init__(self, dim: int, depth: int = 1, amortized: bool = False) -> None:
+    def __init__(
+        self, dim: int, depth: int = 1, amortized: bool = False, init: PlanarInit = "identity"
+    ) -> None:
         super().__init__(dim, amortized)
         self.depth = check_positive_int("depth", depth)
+        if init not in ("identity", "random"):
+            raise ValueError(f"init: expected 'identity' or 'random', got {init!r}")
+        self.init = init
         self._own_params(self._draw_params())
 
     def _draw_params(self) -> torch.Tensor:
+        if self.init == "random":
+            bound = self.dim**-0.5
+            raw = torch.empty(self.depth, 2 * self.dim + 1).uniform_(-bound, bound)
+            u, w, b = raw.split([self.dim, self.dim, 1], dim=-1)
+            wu = (w * u).sum(-1, keepdim=True)
+            u_hat = u + (F.softplus(wu) - 1.0 - wu) / (w * w).sum(-1, keepdim=True) * w
+            return torch.cat([planar_raw_u(u_hat, w), w, b], dim=-1).reshape(-1)
         u = torch.zeros(self.depth, self.dim)
         w = torch.randn(self.depth, self.dim) / self.dim**0.5
         b = torch.zeros(self.depth, 1)

@@ -175,7 +175,9 @@ class History:
     ``"max_steps"``, ``"callback"`` or ``"diverged"``), ``best_step`` (lowest validation loss,
     else lowest smoothed loss), ``num_nan_restores``, ``lr_decay_steps`` (steps at which early
     stopping decayed the learning rate at a plateau), ``elapsed`` (seconds, over resumes),
-    ``pilot_losses`` (with ``fit_reverse_kl(restarts=...)``: every pilot's final mean loss).
+    ``pilot_losses`` (with ``fit_reverse_kl(restarts=...)``: every pilot's final mean loss),
+    ``halvings`` (with ``fit_reverse_kl(population=...)``: ``(step, {member: mean loss})`` at
+    every halving).
 
     Example:
         >>> h = History(losses=[3.0, 2.0], smoothed=[3.0, 2.9], stop_reason="max_steps")
@@ -196,6 +198,7 @@ class History:
     lr_decay_steps: list[int] = field(default_factory=list)
     elapsed: float = 0.0
     pilot_losses: list[float] = field(default_factory=list)
+    halvings: list[tuple[int, dict[int, float]]] = field(default_factory=list)
 
     @property
     def num_steps(self) -> int:
