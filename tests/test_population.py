@@ -176,8 +176,15 @@ def test_population_of_pyro_flows_writes_the_best_member_back():
     [
         ({"population": 0}, "population: expected an integer >= 1, got 0"),
         ({"population": 2, "restarts": 2}, "population: expected 1 when restarts > 1"),
-        ({"population": 2, "checkpoint": "x.pt"}, "checkpoint: not supported with population"),
-        ({"population": 2, "early_stopping": True}, "early_stopping: not supported with"),
+        (
+            {"population": 2, "checkpoint": "x.pt"},
+            r"checkpoint: expected None with population > 1 \(the halving state is not "
+            r"checkpointed\), got 'x.pt'",
+        ),
+        (
+            {"population": 2, "early_stopping": True},
+            "early_stopping: expected None with population > 1",
+        ),
     ],
 )
 def test_population_argument_validation(kwargs, match):
@@ -207,11 +214,12 @@ def test_population_needs_a_fresh_optimizer_and_a_resettable_flow():
 
 @pytest.mark.slow
 def test_u2_planar_32_population_reaches_kl_below_0_05():
-    """The issue's U2 target (planar K=32, 10,000 steps: KL <= 0.05 nats) with 4 starts side by
-    side, batch 1024 per member (see benchmarks/results/energies.json for the seeds' spread)."""
+    """The issue's U2 target (planar K=32, 10,000 steps: KL <= 0.05 nats) with random starts, 4
+    side by side, batch 1024 per member. Over seeds 0-9 of benchmarks/results/energies.json this
+    setting ends at 0.015-0.028 nats; seed 0 at 0.015."""
     target = get_target("U2")
     torch.manual_seed(0)
-    flow = pyro_nf.planar(2, depth=32)
+    flow = pyro_nf.planar(2, depth=32, init="random")
     torch.manual_seed(10_000)
     fit_reverse_kl(flow, target, steps=10_000, batch_size=1024, population=4, progress=False)
     torch.manual_seed(20_000)
