@@ -33,7 +33,7 @@ table's ``starts`` column: ``R pilots``).
 
 ``--population R`` fits with ``fit_reverse_kl(population=R)`` for *both* libraries: R starts
 trained side by side, ``--batch-size`` draws per member and step, the worse half dropped by
-its mean loss over the last 200 steps at ``pyro_nf.population.halving_steps`` (R = 4: steps
+its mean loss over the last min(200, steps/20) steps at ``pyro_nf.population.halving_steps`` (R = 4: steps
 T/4 and T/2), ``steps`` steps in all (``starts``: ``R side by side``). pyro-nf stacks the
 members' parameters and samples them in one batched pass; Pyro's flows are R module copies
 sampled one after the other.
@@ -256,7 +256,8 @@ def _key(r: dict[str, Any]) -> tuple:
         r.get("restarts", 1),
         r.get("pilot_steps"),
         r.get("population", 1),
-        r.get("planar_init"),
+        r.get("planar_init")
+        or ("identity" if r["library"] == "pyro_nf" and r["family"] == "planar" else None),
     )
 
 
@@ -469,9 +470,9 @@ def main(argv: list[str] | None = None) -> int:
             "KL(q||p) = log Z - ELBO (nats), median over seeds, ± its Monte Carlo standard "
             "error; KL ratio < 1: pyro-nf closer to p; speedup = Pyro fit time / pyro-nf's "
             "(one CPU thread, shared machine: compare within a row only).",
-            "Both libraries: the same loop (fit_reverse_kl), steps, batch 256, Adam lr 1e-2 with "
-            "cosine decay, annealing over steps/10, seeds. Rows with 2000 steps come from a "
-            "separate, shorter run of the whole grid.",
+            "Both libraries: the same loop (fit_reverse_kl), steps, batch (B, per member with a "
+            "population), Adam lr 1e-2 with cosine decay, annealing over steps/10, seeds. Rows "
+            "with 2000 steps come from a separate, shorter run of the whole grid.",
             *args.note,
         ],
         "pyro_reference": {f"{f}/K={k}/{u}": v for (f, k, u), v in PYRO_REFERENCE.items()},

@@ -173,8 +173,9 @@ def planar(
     r"""A planar flow: ``depth`` planar maps after a diagonal Gaussian (or standard) base.
 
     ``init="random"`` starts the maps at random contractions instead of the identity (see
-    :class:`~pyro_nf.layers.PlanarLayer`); with ``fit_reverse_kl(population=...)`` that is the
-    better start on multimodal 2D energies (``benchmarks/results/energies.json``).
+    :class:`~pyro_nf.layers.PlanarLayer`). For reverse-KL fits of U2 with K = 32 it is the better
+    start, alone and with ``fit_reverse_kl(population=...)``; on U1, and on U2 with K = 8, the
+    identity did better (``docs/tutorials/density.md``).
 
     Example:
         >>> flow = planar(2, depth=8)

@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ._validation import check_positive_int
@@ -37,7 +36,7 @@ from .transforms import (
 )
 from .transforms.affine import raw_from_scale
 from .transforms.autoregressive import DEFAULT_GATE_BIAS, DEFAULT_SCALE_BOUND
-from .transforms.planar import planar_raw_u
+from .transforms.planar import PLANAR_SHIFT
 
 __all__ = [
     "FlowLayer",
@@ -135,14 +134,15 @@ class PlanarLayer(FlowLayer):
     Args:
         dim, depth, amortized: as for every layer.
         init: ``"identity"`` (default): :math:`u = 0` (exactly the identity),
-            :math:`w \sim \mathcal N(0, 1/D)`, :math:`b = 0`. ``"random"``: the random start of
-            Rezende & Mohamed's constraint :math:`m(a) = \operatorname{softplus}(a) - 1` as in
-            Pyro's ``Planar``: raw :math:`u, w, b \sim \mathcal U(-1/\sqrt D, 1/\sqrt D)`
-            mapped through that constraint to :math:`\hat u`, and stored as the raw ``u`` that
-            gives the same :math:`\hat u` under pyro-nf's shifted constraint
-            (:func:`~pyro_nf.transforms.planar.planar_raw_u`). Each map then starts as a random
-            contraction across its hyperplane (:math:`w^\top\hat u \approx -0.3`): a start far
-            from the identity that differs from draw to draw, which a multi-start fit
+            :math:`w \sim \mathcal N(0, 1/D)`, :math:`b = 0`. ``"random"``: raw
+            :math:`u, w, b \sim \mathcal U(-1/\sqrt D, 1/\sqrt D)` read through Rezende &
+            Mohamed's constraint :math:`m(a) = \operatorname{softplus}(a) - 1`, the start of
+            Pyro's ``Planar`` for :math:`u, w` (Pyro sets :math:`b = 0`; here the offsets are
+            drawn too). pyro-nf's constraint is shifted by :math:`\log(e - 1)` so that
+            :math:`u = 0` is the identity; the same map is stored as the raw
+            :math:`u - \log(e - 1)\, w / \lVert w\rVert^2`. Most maps then start as a
+            contraction across their hyperplane (:math:`w^\top\hat u \approx -0.3`), far from
+            the identity and different from draw to draw, which a multi-start fit
             (``fit_reverse_kl(population=...)``) can choose among.
 
     Example:
@@ -155,7 +155,7 @@ class PlanarLayer(FlowLayer):
         >>> from pyro_nf.transforms import planar_constraint
         >>> params = PlanarLayer(2, depth=1000, init="random").params.detach()
         >>> u, w, _ = params.reshape(1000, 5).split([2, 2, 1], dim=-1)
-        >>> m = planar_constraint(u, w)[1]    # w . u_hat = softplus(w . u_raw) - 1, |w . u_raw| <= 1
+        >>> m = planar_constraint(u, w)[1]    # w . u_hat = softplus(a) - 1 for the drawn a = w . u
         >>> bool((m > -0.69).all() and (m < 0.32).all()), round(float(m.mean()), 1)
         (True, -0.3)
     """
@@ -175,9 +175,9 @@ class PlanarLayer(FlowLayer):
             bound = self.dim**-0.5
             raw = torch.empty(self.depth, 2 * self.dim + 1).uniform_(-bound, bound)
             u, w, b = raw.split([self.dim, self.dim, 1], dim=-1)
-            wu = (w * u).sum(-1, keepdim=True)
-            u_hat = u + (F.softplus(wu) - 1.0 - wu) / (w * w).sum(-1, keepdim=True) * w
-            return torch.cat([planar_raw_u(u_hat, w), w, b], dim=-1).reshape(-1)
+            w_sq = (w * w).sum(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
+            u = u - PLANAR_SHIFT * w / w_sq  # the unshifted constraint's map, stored shifted
+            return torch.cat([u, w, b], dim=-1).reshape(-1)
         u = torch.zeros(self.depth, self.dim)
         w = torch.randn(self.depth, self.dim) / self.dim**0.5
         b = torch.zeros(self.depth, 1)

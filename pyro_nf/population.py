@@ -58,8 +58,10 @@ __all__ = [
     "ModulePopulation",
     "Population",
     "StackedPopulation",
+    "draw_with_log_prob",
     "halving_steps",
     "make_population",
+    "reset_flow",
 ]
 
 
@@ -82,6 +84,11 @@ def halving_steps(steps: int, population: int) -> list[int]:
     steps = check_positive_int("steps", steps)
     population = check_positive_int("population", population)
     rounds = math.ceil(math.log2(population)) if population > 1 else 0
+    if steps < 2 * rounds:
+        raise ValueError(
+            f"steps: expected at least {2 * rounds} steps (two per halving) for population="
+            f"{population}, got {steps}"
+        )
     return [i * steps // (2 * rounds) for i in range(1, rounds + 1)]
 
 
@@ -94,7 +101,7 @@ class Population(nn.Module):
 
     def __init__(self, size: int) -> None:
         super().__init__()
-        self.size = check_positive_int("population", size)
+        self.size = check_positive_int("size", size)
         self.active: list[int] = list(range(self.size))
 
     def draw(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,6 +122,46 @@ class Population(nn.Module):
     def copy_member_into(self, member: int, flow: nn.Module) -> None:
         """Write member ``member``'s parameters into ``flow`` (the flow it was made from)."""
         raise NotImplementedError
+
+
+def draw_with_log_prob(flow: nn.Module, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` reparameterized draws from ``flow()`` and their log densities (in one pass where the
+    distribution has ``rsample_and_log_prob``)."""
+    q = flow()
+    if hasattr(q, "rsample_and_log_prob"):
+        return q.rsample_and_log_prob((n,))
+    z = q.rsample((n,))
+    return z, q.log_prob(z)
+
+
+def reset_flow(flow: nn.Module) -> None:
+    """Draw fresh initial parameters into ``flow``: its own ``reset_parameters()``, else that of
+    every top-most submodule that has one (Pyro's transforms, ``nn.Linear``, a wrapped pyro-nf
+    flow).
+
+    Raises:
+        ValueError: naming ``flow`` when neither it nor any submodule can be reset.
+    """
+    if callable(getattr(flow, "reset_parameters", None)):
+        flow.reset_parameters()
+        return
+    # the top-most resettable submodules only: a module's own reset_parameters covers its
+    # children (and may re-zero layers that resetting those children again would undo)
+    resettable, prefixes = [], []
+    for name, m in flow.named_modules():
+        if m is flow or not callable(getattr(m, "reset_parameters", None)):
+            continue
+        if not any(name.startswith(p) for p in prefixes):
+            resettable.append(m)
+            prefixes.append(name + ".")
+    if not resettable:
+        raise ValueError(
+            f"flow: expected a module with fresh initial parameters for several starts "
+            f"(a reset_parameters() on it or a submodule), got {type(flow).__name__} with none"
+        )
+    with torch.no_grad():
+        for m in resettable:
+            m.reset_parameters()
 
 
 def _stackable(flow: nn.Module) -> bool:
@@ -140,12 +187,12 @@ class StackedPopulation(Population):
     Args:
         flow: the flow (not modified; member 0 starts at its current parameters).
         size: :math:`R`.
-        reset: draws fresh initial parameters into a flow (default
-            :meth:`pyro_nf.Flow.reset_parameters`), called on a scratch copy for members 1..R-1.
+        reset: draws fresh initial parameters into a flow (default :func:`reset_flow`), called
+            on a scratch copy for members 1..R-1.
     """
 
     def __init__(
-        self, flow: Flow, size: int, reset: Callable[[nn.Module], None] | None = None
+        self, flow: Flow, size: int, reset: Callable[[nn.Module], None] = reset_flow
     ) -> None:
         super().__init__(size)
         if not _stackable(flow):
@@ -160,7 +207,7 @@ class StackedPopulation(Population):
         draws: list[list[torch.Tensor | None]] = []
         for r in range(self.size):
             if r > 0:
-                (reset or Flow.reset_parameters)(scratch)
+                reset(scratch)
             draws.append([self._vector(layer) for layer in scratch.layers])
         like = next(v for v in draws[0] if v is not None)  # a stackable flow has one
         self.stacked = nn.ParameterList(
@@ -208,10 +255,13 @@ class ModulePopulation(Population):
         flow: an ``nn.Module`` whose call returns a reparameterizable distribution with event
             shape ``(D,)`` (not modified; member 0 starts at its current parameters).
         size: :math:`R`.
-        reset: draws fresh initial parameters into a copy (members 1..R-1).
+        reset: draws fresh initial parameters into a copy (members 1..R-1; default
+            :func:`reset_flow`).
     """
 
-    def __init__(self, flow: nn.Module, size: int, reset: Callable[[nn.Module], None]) -> None:
+    def __init__(
+        self, flow: nn.Module, size: int, reset: Callable[[nn.Module], None] = reset_flow
+    ) -> None:
         super().__init__(size)
         members = [copy.deepcopy(flow) for _ in range(self.size)]
         for member in members[1:]:
@@ -219,17 +269,8 @@ class ModulePopulation(Population):
         self.members = nn.ModuleList(members)
 
     def draw(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        zs, log_qs = [], []
-        for r in self.active:
-            q = self.members[r]()
-            if hasattr(q, "rsample_and_log_prob"):
-                z, log_q = q.rsample_and_log_prob((n,))
-            else:
-                z = q.rsample((n,))
-                log_q = q.log_prob(z)
-            zs.append(z)
-            log_qs.append(log_q)
-        return torch.stack(zs, dim=1), torch.stack(log_qs, dim=1)
+        draws = [draw_with_log_prob(self.members[r], n) for r in self.active]
+        return torch.stack([z for z, _ in draws], dim=1), torch.stack([q for _, q in draws], dim=1)
 
     @torch.no_grad()
     def copy_member_into(self, member: int, flow: nn.Module) -> None:
@@ -237,32 +278,22 @@ class ModulePopulation(Population):
 
 
 def make_population(
-    flow: nn.Module, size: int, reset: Callable[[nn.Module], None] | None = None
+    flow: nn.Module, size: int, reset: Callable[[nn.Module], None] = reset_flow
 ) -> Population:
     """A :class:`StackedPopulation` where ``flow`` allows it, else a :class:`ModulePopulation`.
 
     Args:
         flow: the flow to copy (not modified).
         size: number of members :math:`R \\ge 1`.
-        reset: draws fresh initial parameters into a copy of ``flow`` (default: its own
-            ``reset_parameters()``).
+        reset: draws fresh initial parameters into a copy of ``flow`` (default
+            :func:`reset_flow`).
 
     Example:
         >>> import pyro_nf
         >>> type(make_population(pyro_nf.iaf(2, depth=2), 2)).__name__
         'ModulePopulation'
     """
-    size = check_positive_int("population", size)
-    if reset is None and not callable(getattr(flow, "reset_parameters", None)):
-        raise ValueError(
-            f"flow: a population needs fresh initial parameters, but {type(flow).__name__} has "
-            "no reset_parameters(); pass reset="
-        )
-    reset = reset or _own_reset
+    size = check_positive_int("size", size)
     if _stackable(flow):
         return StackedPopulation(flow, size, reset)
     return ModulePopulation(flow, size, reset)
-
-
-def _own_reset(flow: nn.Module) -> None:
-    flow.reset_parameters()

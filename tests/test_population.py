@@ -162,13 +162,13 @@ def test_population_of_pyro_flows_writes_the_best_member_back():
 
     torch.manual_seed(0)
     flow = PyroPlanar()
+    before = [p.detach().clone() for p in flow.parameters()]
     h = fit_reverse_kl(
         flow, get_target("U1"), steps=60, population=3, batch_size=32, progress=False
     )
     assert [len(s) for _, s in h.halvings] == [3, 2]
-    kept = min(h.halvings[-1][1], key=h.halvings[-1][1].__getitem__)
-    assert kept in h.halvings[0][1]
     assert all(math.isfinite(v) for v in h.losses)
+    assert not any(torch.equal(p, q) for p, q in zip(flow.parameters(), before, strict=True))
 
 
 @pytest.mark.parametrize(
@@ -185,19 +185,21 @@ def test_population_of_pyro_flows_writes_the_best_member_back():
             {"population": 2, "early_stopping": True},
             "early_stopping: expected None with population > 1",
         ),
+        ({"population": 2, "validate_fn": lambda: 0.0}, "validate_fn: expected None with"),
+        ({"population": 2, "pilot_steps": 2}, "pilot_steps: expected None with population > 1"),
+        ({"population": 8, "steps": 5}, r"steps: expected at least 6 steps .* population=8, got 5"),
     ],
 )
 def test_population_argument_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        fit_reverse_kl(
-            pyro_nf.planar(2, depth=1), get_target("U1"), steps=4, progress=False, **kwargs
-        )
+        kwargs = {"steps": 4, **kwargs}
+        fit_reverse_kl(pyro_nf.planar(2, depth=1), get_target("U1"), progress=False, **kwargs)
 
 
 def test_population_needs_a_fresh_optimizer_and_a_resettable_flow():
     flow = pyro_nf.planar(2, depth=1)
     opt = torch.optim.Adam(flow.parameters())
-    with pytest.raises(ValueError, match="optimizer: a population needs an optimizer over its own"):
+    with pytest.raises(ValueError, match="optimizer: populations need a fresh optimizer"):
         fit_reverse_kl(flow, get_target("U1"), steps=4, population=2, optimizer=opt)
 
     class Fixed(nn.Module):
@@ -208,8 +210,82 @@ def test_population_needs_a_fresh_optimizer_and_a_resettable_flow():
         def forward(self):
             return dist.Normal(self.loc, 1.0).to_event(1)
 
-    with pytest.raises(ValueError, match="flow: restarts need fresh initial parameters"):
+    with pytest.raises(ValueError, match="flow: expected a module with fresh initial parameters"):
         fit_reverse_kl(Fixed(), get_target("U1"), steps=4, population=2, progress=False)
+
+
+def test_stacked_samples_carry_each_members_own_gradient():
+    """The path training uses: reparameterized draws through the batched transforms."""
+    torch.manual_seed(1)
+    flow = perturbed(FLOWS["permutation first"])
+    pop = make_population(flow, 3)
+    torch.manual_seed(2)
+    z, log_q = pop.draw(8)
+    per_member = (log_q + (z**2).sum(-1)).mean(0)  # any loss of the draws
+    per_member.sum().backward()
+    for member in range(3):
+        alone = FLOWS["permutation first"]().double()
+        pop.copy_member_into(member, alone)
+        torch.manual_seed(2)
+        eps = torch.randn(8, 3, 3, dtype=torch.float64)[:, member]  # the member's noise
+        x, log_det = eps, torch.zeros(8, dtype=torch.float64)
+        for t in alone.build_transforms():
+            x, ladj = t.forward_and_log_det(x)
+            log_det = log_det + ladj
+        lq = torch.distributions.Normal(0.0, 1.0).log_prob(eps).sum(-1).to(eps) - log_det
+        torch.testing.assert_close(x, z[:, member].detach())
+        (lq + (x**2).sum(-1)).mean().backward()
+        for layer, stacked in zip(alone.layers, pop.stacked, strict=True):
+            if stacked.numel():
+                torch.testing.assert_close(stacked.grad[member], layer.params.grad)
+
+
+def test_fit_writes_the_kept_member_into_a_pyro_nf_flow_and_reports_its_losses():
+    log_p = lambda z: -0.5 * (((z - 1.5) / 0.7) ** 2).sum(-1)  # noqa: E731
+    torch.manual_seed(0)
+    flow = pyro_nf.planar(2, depth=2).double()
+    h = fit_reverse_kl(flow, log_p, steps=200, population=4, batch_size=64, progress=False)
+    kept = min(h.halvings[-1][1], key=h.halvings[-1][1].__getitem__)
+    assert kept in h.halvings[0][1] and len(h.losses) == 200
+    # the flow is the kept member: its own ELBO is close to the final losses it reports
+    torch.manual_seed(1)
+    z, log_q = flow().rsample_and_log_prob((20_000,))
+    loss = float((log_q - log_p(z)).mean().detach())
+    assert abs(loss - sum(h.losses[-50:]) / 50) < 0.05
+    assert h.best_step is not None and math.isfinite(h.smoothed[h.best_step])
+
+
+def test_a_member_with_a_non_finite_loss_is_dropped_with_a_warning():
+    class Exploding(ShiftedNormal):
+        """A member that starts at 50 returns NaN densities (a broken start)."""
+
+        def forward(self):
+            q = super().forward()
+            if float(self.loc.detach()) > 40:
+                return dist.Normal(self.loc * float("nan"), 1.0, validate_args=False).to_event(1)
+            return q
+
+    ShiftedNormal.STARTS[:] = [0.5, 50.0, 1.0, 2.0]
+    q = Exploding()
+    log_p = lambda z: -0.5 * (z**2).sum(-1)  # noqa: E731
+    with pytest.warns(RuntimeWarning, match=r"population: members \[1\] had a non-finite loss"):
+        h = fit_reverse_kl(
+            q, log_p, steps=40, population=4, annealing=False, lr=0.05, progress=False
+        )
+    assert sorted(h.halvings[0][1]) == [0, 2, 3]  # member 1 was gone before the first halving
+    assert math.isfinite(float(q.loc.detach())) and h.num_nan_restores == 0
+
+
+def test_a_callback_stop_before_any_halving_keeps_the_best_of_all():
+    ShiftedNormal.STARTS[:] = [3.0, 0.2, 2.0]
+    q = ShiftedNormal()
+    log_p = lambda z: -0.5 * (z**2).sum(-1)  # noqa: E731
+    h = fit_reverse_kl(
+        q, log_p, steps=100, population=3, annealing=False, lr=1e-3, optimizer="sgd",
+        callback=lambda step, _: step >= 9, progress=False,
+    )  # fmt: skip
+    assert h.stop_reason == "callback" and h.halvings == [] and h.num_steps == 10
+    assert abs(float(q.loc.detach()) - 0.2) < 0.05
 
 
 @pytest.mark.slow

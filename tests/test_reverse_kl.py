@@ -346,7 +346,7 @@ def test_restarts_need_a_fresh_optimizer_and_a_resettable_flow():
         def forward(self):
             return dist.Normal(self.loc, 1.0).to_event(1)
 
-    with pytest.raises(ValueError, match="flow: restarts need fresh initial parameters"):
+    with pytest.raises(ValueError, match="flow: expected a module with fresh initial parameters"):
         fit_reverse_kl(Fixed(), get_target("U1"), steps=4, restarts=2, progress=False)
 
 
@@ -354,7 +354,7 @@ def test_restart_of_a_wrapped_pyro_nf_flow_is_a_fresh_identity_start():
     """A module without reset_parameters() of its own is reset through its top-most resettable
     submodules only: resetting the MADE's linear layers again after the flow's own reset would
     undo the zeroed output layer that makes a fresh IAF the identity."""
-    from pyro_nf.reverse_kl import _reset_flow
+    from pyro_nf.population import reset_flow
 
     class Wrapped(nn.Module):
         def __init__(self):
@@ -369,7 +369,7 @@ def test_restart_of_a_wrapped_pyro_nf_flow_is_a_fresh_identity_start():
     with torch.no_grad():
         for p in q.parameters():
             p.add_(0.3 * torch.randn_like(p))
-    _reset_flow(q)
+    reset_flow(q)
     x = torch.randn(5, 2)
     base = torch.distributions.Normal(0.0, 1.0).log_prob(x).sum(-1)
     assert torch.allclose(q().log_prob(x), base, atol=1e-6)

@@ -5,7 +5,7 @@ from .autoregressive import AutoregressiveTransform
 from .base import ChainTransform, FlowTransform, InverseFlowTransform
 from .coupling import CouplingTransform
 from .permute import Permute, Reverse
-from .planar import PlanarInverseError, PlanarTransform, planar_constraint, planar_raw_u
+from .planar import PlanarInverseError, PlanarTransform, planar_constraint
 from .radial import RadialTransform
 
 __all__ = [
@@ -23,5 +23,4 @@ __all__ = [
     "Reverse",
     "inverse_softplus",
     "planar_constraint",
-    "planar_raw_u",
 ]

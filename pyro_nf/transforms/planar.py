@@ -43,9 +43,10 @@ import torch.nn.functional as F
 from .._validation import check_positive_int
 from .base import FlowTransform, sum_to
 
-__all__ = ["PlanarTransform", "planar_constraint", "planar_raw_u", "PlanarInverseError"]
+__all__ = ["PlanarTransform", "planar_constraint", "PlanarInverseError"]
 
-_SHIFT = math.log(math.e - 1.0)
+#: The shift of pyro-nf's constraint m(a) = -1 + softplus(a + log(e - 1)), so that m(0) = 0.
+PLANAR_SHIFT = math.log(math.e - 1.0)
 
 
 class PlanarInverseError(RuntimeError):
@@ -69,7 +70,7 @@ def planar_constraint(
     """
     wu = (w * u).sum(-1)
     # clamped at machine epsilon so that m > -1 holds in floating point, not just on paper
-    one_plus_m = F.softplus(wu + _SHIFT).clamp_min(torch.finfo(u.dtype).eps)
+    one_plus_m = F.softplus(wu + PLANAR_SHIFT).clamp_min(torch.finfo(u.dtype).eps)
     m = one_plus_m - 1.0
     w_sq = (w * w).sum(-1).clamp_min(torch.finfo(w.dtype).tiny)
     u_hat = u + ((m - wu) / w_sq).unsqueeze(-1) * w
@@ -85,27 +86,6 @@ def _log_det(t: torch.Tensor, one_plus_m: torch.Tensor) -> torch.Tensor:
     """``log(1 + (1 - t²) m)`` in the form ``log(t² + (1 - t²)(1 + m))``, finite for ``m → -1``."""
     t_sq = t * t
     return torch.log(t_sq + (1.0 - t_sq) * one_plus_m)
-
-
-def planar_raw_u(u_hat: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    r"""The raw ``u`` for which :func:`planar_constraint` gives ``u_hat`` (the constraint's inverse
-    along ``w``); ``u_hat``, ``w`` of shape ``(..., D)`` with :math:`w^\top \hat u > -1`.
-
-    With :math:`m = w^\top\hat u` and :math:`a = \operatorname{softplus}^{-1}(1 + m) - \log(e - 1)`
-    (so that :math:`m(a) = m`), :math:`u = \hat u + \frac{a - m}{\lVert w\rVert^2}\, w`.
-
-    Example:
-        >>> w, u_hat = torch.tensor([1.0, 2.0]), torch.tensor([0.3, -0.4])
-        >>> torch.allclose(planar_constraint(planar_raw_u(u_hat, w), w)[0], u_hat)
-        True
-    """
-    m = (w * u_hat).sum(-1)
-    if bool((m <= -1).any()):
-        raise ValueError(f"u_hat: expected w . u_hat > -1 (an invertible map), got {m.min():.4g}")
-    one_plus_m = 1.0 + m
-    a = one_plus_m + torch.log(-torch.expm1(-one_plus_m)) - _SHIFT  # softplus⁻¹(1 + m) - shift
-    w_sq = (w * w).sum(-1).clamp_min(torch.finfo(w.dtype).tiny)
-    return u_hat + ((a - m) / w_sq).unsqueeze(-1) * w
 
 
 class PlanarTransform(FlowTransform):
