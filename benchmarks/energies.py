@@ -351,8 +351,11 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
     body = []
     for r in rows:
         ref, tgt = r["reference_pyro_kl"], r["target_kl"]
+        kl = r["pyro_nf_kl"]
         target = (
-            "" if tgt is None else f"<= {tgt} " + ("met" if r["pyro_nf_kl"] <= tgt else "MISSED")
+            ""
+            if tgt is None or not math.isfinite(kl)
+            else f"<= {tgt} " + ("met" if kl <= tgt else "MISSED")
         )
         body.append([
             r["energy"], r["family"], r["depth"], r["steps"], r["batch_size"], r["starts"],
