@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pyro.distributions as dist
 import pytest
 import torch
+from torch import nn
 
 import pyro_nf
 
@@ -99,3 +101,35 @@ def _pyro_clean():
 
 # Small tensors: one intra-op thread is faster and immune to oversubscription on 2-core CI boxes.
 torch.set_num_threads(1)
+
+
+class ShiftedNormal(nn.Module):
+    """q = N(loc, 1) in 1-D whose starts are taken, in turn, from ``STARTS`` (a class attribute:
+    shared by the copies a population makes, as the global RNG is); ``resets`` counts fresh
+    starts of this instance. Set ``ShiftedNormal.STARTS[:] = [...]`` before building one."""
+
+    STARTS: list[float] = []
+
+    def __init__(self):
+        super().__init__()
+        self.loc = nn.Parameter(torch.tensor([self.STARTS.pop(0)]))
+        self.resets = 0
+
+    def reset_parameters(self):
+        self.resets += 1
+        with torch.no_grad():
+            self.loc.fill_(self.STARTS.pop(0))
+
+    def forward(self):
+        return dist.Normal(self.loc, 1.0).to_event(1)
+
+
+class FixedNormal(nn.Module):
+    """q = N(loc, I) in 2-D with no ``reset_parameters`` anywhere: no fresh starts possible."""
+
+    def __init__(self):
+        super().__init__()
+        self.loc = nn.Parameter(torch.zeros(2))
+
+    def forward(self):
+        return dist.Normal(self.loc, 1.0).to_event(1)

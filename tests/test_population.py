@@ -10,6 +10,7 @@ import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import pytest
 import torch
+from conftest import ShiftedNormal
 from torch import nn
 
 import pyro_nf
@@ -109,24 +110,6 @@ def test_halving_steps_and_keep_validation():
             pop.keep(bad)
 
 
-class ShiftedNormal(nn.Module):
-    """q = N(loc, 1) in 1-D whose fresh starts are taken, in turn, from ``STARTS`` (a class
-    attribute: shared by the population's copies, as the global RNG is)."""
-
-    STARTS: list[float] = []
-
-    def __init__(self):
-        super().__init__()
-        self.loc = nn.Parameter(torch.tensor([self.STARTS.pop(0)]))
-
-    def reset_parameters(self):
-        with torch.no_grad():
-            self.loc.fill_(self.STARTS.pop(0))
-
-    def forward(self):
-        return dist.Normal(self.loc, 1.0).to_event(1)
-
-
 def test_population_halves_the_worse_starts_and_keeps_the_best():
     # a deep mode at 0 and a shallow one at 10: plain SGD from near 10 stays there
     def log_p(z):
@@ -194,24 +177,6 @@ def test_population_argument_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         kwargs = {"steps": 4, **kwargs}
         fit_reverse_kl(pyro_nf.planar(2, depth=1), get_target("U1"), progress=False, **kwargs)
-
-
-def test_population_needs_a_fresh_optimizer_and_a_resettable_flow():
-    flow = pyro_nf.planar(2, depth=1)
-    opt = torch.optim.Adam(flow.parameters())
-    with pytest.raises(ValueError, match="optimizer: populations need a fresh optimizer"):
-        fit_reverse_kl(flow, get_target("U1"), steps=4, population=2, optimizer=opt)
-
-    class Fixed(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.loc = nn.Parameter(torch.zeros(2))
-
-        def forward(self):
-            return dist.Normal(self.loc, 1.0).to_event(1)
-
-    with pytest.raises(ValueError, match="flow: expected a module with fresh initial parameters"):
-        fit_reverse_kl(Fixed(), get_target("U1"), steps=4, population=2, progress=False)
 
 
 def test_stacked_samples_carry_each_members_own_gradient():

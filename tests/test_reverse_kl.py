@@ -14,6 +14,7 @@ import pyro.distributions.transforms as T
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import FixedNormal, ShiftedNormal
 from torch import nn
 
 import pyro_nf
@@ -276,24 +277,6 @@ def test_estimate_validation():
 # -- restarts ------------------------------------------------------------------------------------
 
 
-class ShiftedNormal(nn.Module):
-    """q = N(loc, 1) in 1-D whose fresh starts are taken, in turn, from ``starts``."""
-
-    def __init__(self, starts):
-        super().__init__()
-        self.starts = list(starts)
-        self.loc = nn.Parameter(torch.tensor([self.starts.pop(0)]))
-        self.resets = 0
-
-    def reset_parameters(self):
-        self.resets += 1
-        with torch.no_grad():
-            self.loc.fill_(self.starts.pop(0))
-
-    def forward(self):
-        return dist.Normal(self.loc, 1.0).to_event(1)
-
-
 def test_restarts_keep_the_best_pilot_and_continue_it():
     # a target with a deep mode at 0 and a shallow one at 10: plain SGD steps from 10 stay there
     def log_p(z):
@@ -301,7 +284,8 @@ def test_restarts_keep_the_best_pilot_and_continue_it():
         return torch.logsumexp(torch.stack([-0.5 * z**2, -0.5 * (z - 10) ** 2 - 5.0]), 0)
 
     torch.manual_seed(0)
-    q = ShiftedNormal([10.0, 0.5, 9.0])
+    ShiftedNormal.STARTS[:] = [10.0, 0.5, 9.0]
+    q = ShiftedNormal()
     h = fit_reverse_kl(
         q, log_p, steps=120, restarts=3, pilot_steps=40, annealing=False, lr=0.05,
         optimizer="sgd", progress=False,
@@ -332,22 +316,16 @@ def test_restarts_run_is_reproducible_and_checkpoints_the_kept_start(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fit.pt"]
 
 
-def test_restarts_need_a_fresh_optimizer_and_a_resettable_flow():
+@pytest.mark.parametrize(
+    ("starts", "name"), [({"restarts": 2}, "restarts"), ({"population": 2}, "populations")]
+)
+def test_several_starts_need_a_fresh_optimizer_and_a_resettable_flow(starts, name):
     flow = pyro_nf.planar(2, depth=2)
     opt = torch.optim.Adam(flow.parameters())
-    with pytest.raises(ValueError, match="optimizer: restarts need a fresh optimizer"):
-        fit_reverse_kl(flow, get_target("U1"), steps=4, restarts=2, optimizer=opt)
-
-    class Fixed(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.loc = nn.Parameter(torch.zeros(2))
-
-        def forward(self):
-            return dist.Normal(self.loc, 1.0).to_event(1)
-
+    with pytest.raises(ValueError, match=f"optimizer: {name} need a fresh optimizer"):
+        fit_reverse_kl(flow, get_target("U1"), steps=4, optimizer=opt, **starts)
     with pytest.raises(ValueError, match="flow: expected a module with fresh initial parameters"):
-        fit_reverse_kl(Fixed(), get_target("U1"), steps=4, restarts=2, progress=False)
+        fit_reverse_kl(FixedNormal(), get_target("U1"), steps=4, progress=False, **starts)
 
 
 def test_restart_of_a_wrapped_pyro_nf_flow_is_a_fresh_identity_start():
