@@ -18,7 +18,9 @@ The flows:
 
 * **pyro-nf**: ``pyro_nf.planar(2, depth=K)``, ``pyro_nf.radial(2, depth=K)``,
   ``pyro_nf.iaf(2, depth=K, hidden=(64, 64))``: a learnable diagonal Gaussian base (loc 0,
-  scale 1) followed by the K maps, each initialised to the identity.
+  scale 1) followed by the K maps, each initialised to the identity, or for planar and radial
+  maps with ``--planar-init random`` / ``--radial-init random`` at Pyro's random start
+  (``planar(init="random")``, ``radial(init="random")``; the table's ``init`` column).
 * **Pyro 1.9**: ``TransformedDistribution(Normal(loc, softplus(raw)).to_event(1), transforms)``
   with ``loc``/``raw`` learnable (same initial base) and ``transforms`` K of
   ``pyro.distributions.transforms.Planar(2)`` / ``Radial(2)`` / ``AffineAutoregressive(
@@ -72,6 +74,7 @@ import pyro.distributions.transforms as T
 import torch
 import torch.nn.functional as F
 from pyro.nn import AutoRegressiveNN
+from scipy.stats import mannwhitneyu
 from torch import nn
 
 import pyro_nf
@@ -86,6 +89,7 @@ except ImportError:  # pragma: no cover
 
 ENERGIES = ("U1", "U2", "U3", "U4")
 FAMILIES = ("planar", "radial", "iaf")
+INIT_FAMILIES = ("planar", "radial")  # families with pyro-nf's init="identity" | "random"
 DEPTHS = (2, 8, 32)
 LIBRARIES = ("pyro_nf", "pyro")
 IAF_HIDDEN = 64
@@ -142,15 +146,16 @@ class PyroFlow(nn.Module):
         return dist.TransformedDistribution(base, list(self.transforms))
 
 
-def build_flow(library: str, family: str, depth: int, planar_init: str = "identity") -> nn.Module:
-    """The flow of ``library`` (``"pyro_nf"`` or ``"pyro"``) for one grid cell; ``planar_init``
-    is pyro-nf's ``planar(init=...)`` (Pyro's planar maps always start at its own random init)."""
+def build_flow(library: str, family: str, depth: int, init: str | None = None) -> nn.Module:
+    """The flow of ``library`` (``"pyro_nf"`` or ``"pyro"``) for one grid cell; ``init`` is
+    pyro-nf's ``planar(init=...)`` / ``radial(init=...)`` (default the identity; Pyro's maps
+    always start at its own random init)."""
     if library == "pyro":
         return PyroFlow(family, depth)
     if family == "planar":
-        return pyro_nf.planar(2, depth=depth, init=planar_init)
+        return pyro_nf.planar(2, depth=depth, init=init or "identity")
     if family == "radial":
-        return pyro_nf.radial(2, depth=depth)
+        return pyro_nf.radial(2, depth=depth, init=init or "identity")
     if family == "iaf":
         return pyro_nf.iaf(2, depth=depth, hidden=(IAF_HIDDEN, IAF_HIDDEN))
     raise ValueError(f"family: expected one of {FAMILIES}, got {family!r}")
@@ -162,7 +167,7 @@ def run_one(
     """Fit one flow and estimate its KL; returns a JSON-ready record."""
     target = get_target(energy)
     torch.manual_seed(seed)
-    flow = build_flow(library, family, depth, _planar_init(library, family, args))
+    flow = build_flow(library, family, depth, _init(library, family, args))
     n_params = sum(p.numel() for p in flow.parameters())
     torch.manual_seed(10_000 + seed)  # the same sampling noise stream for both libraries
     record: dict[str, Any] = {
@@ -238,7 +243,7 @@ def _cell(
         "restarts": args.restarts,
         "pilot_steps": args.pilot_steps if args.restarts > 1 else None,
         "population": args.population,
-        "planar_init": _planar_init(library, family, args),
+        "init": _init(library, family, args),
     }
 
 
@@ -256,14 +261,23 @@ def _key(r: dict[str, Any]) -> tuple:
         r.get("restarts", 1),
         r.get("pilot_steps"),
         r.get("population", 1),
-        r.get("planar_init")
-        or ("identity" if r["library"] == "pyro_nf" and r["family"] == "planar" else None),
+        record_init(r),
     )
 
 
-def _planar_init(library: str, family: str, args: argparse.Namespace) -> str | None:
-    """pyro-nf's planar init for the run (``None`` where it does not apply)."""
-    return args.planar_init if library == "pyro_nf" and family == "planar" else None
+def _init(library: str, family: str, args: argparse.Namespace) -> str | None:
+    """pyro-nf's planar or radial init for the run (``None`` where it does not apply)."""
+    if library != "pyro_nf" or family not in INIT_FAMILIES:
+        return None
+    return args.planar_init if family == "planar" else args.radial_init
+
+
+def record_init(r: dict[str, Any]) -> str | None:
+    """The init of a saved run: ``"identity"``/``"random"`` for pyro-nf's planar and radial
+    maps, ``None`` otherwise (records from before the key existed were identity starts)."""
+    if r["library"] != "pyro_nf" or r["family"] not in INIT_FAMILIES:
+        return None
+    return r.get("init") or "identity"
 
 
 def _median(xs: list[float]) -> float:
@@ -289,8 +303,7 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in records:
         key = (r["energy"], r["family"], r["depth"], r["steps"], r["batch_size"], starts(r))
         if r["library"] == "pyro_nf":
-            init = r.get("planar_init") or ("identity" if r["family"] == "planar" else "")
-            nf_runs.setdefault((*key, init), []).append(r)
+            nf_runs.setdefault((*key, record_init(r) or ""), []).append(r)
         else:
             pyro_runs.setdefault(key, []).append(r)
     # Pyro's runs are compared with pyro-nf's under every init of the same settings
@@ -307,7 +320,7 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "steps": steps,
             "batch_size": batch,
             "starts": how,
-            "planar_init": init,
+            "init": init,
         }
         for lib in LIBRARIES:
             rs = libs.get(lib, [])
@@ -317,11 +330,25 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row[f"{lib}_seeds"] = len(rs)
             row[f"{lib}_failed"] = sum(r["status"] != "ok" for r in rs)
         row["kl_ratio"] = row["pyro_nf_kl"] / row["pyro_kl"] if row["pyro_kl"] else math.nan
+        row["p_worse"] = p_worse(
+            [r["kl"] for r in libs["pyro_nf"]], [r["kl"] for r in libs["pyro"]]
+        )
         row["speedup"] = row["pyro_fit_s"] / row["pyro_nf_fit_s"]
         row["reference_pyro_kl"] = PYRO_REFERENCE.get((family, depth, energy))
         row["target_kl"] = TARGETS.get((family, depth, energy)) if steps >= 10_000 else None
         rows.append(row)
     return rows
+
+
+def p_worse(nf_kls: list[float], pyro_kls: list[float], min_seeds: int = 3) -> float:
+    """One-sided Mann–Whitney p-value for "pyro-nf's KL is stochastically larger than Pyro's"
+    (small: pyro-nf worse beyond seed-to-seed chance); NaN with fewer than ``min_seeds`` finite
+    runs per library. With 3 seeds each the smallest possible value is 0.05."""
+    a = [x for x in nf_kls if math.isfinite(x)]
+    b = [x for x in pyro_kls if math.isfinite(x)]
+    if min(len(a), len(b)) < min_seeds:
+        return math.nan
+    return float(mannwhitneyu(a, b, alternative="greater").pvalue)
 
 
 def _fmt(x: float, digits: int = 4) -> str:
@@ -342,6 +369,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
         "KL pyro-nf",
         "KL Pyro",
         "KL ratio",
+        "p worse",
         "fit s pyro-nf",
         "fit s Pyro",
         "speedup",
@@ -359,11 +387,12 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
         )
         body.append([
             r["energy"], r["family"], r["depth"], r["steps"], r["batch_size"], r["starts"],
-            r["planar_init"],
+            r["init"],
             f"{r['pyro_nf_seeds']}/{r['pyro_seeds']}",
             f"{_fmt(r['pyro_nf_kl'])} ± {_fmt(r['pyro_nf_kl_se'])}",
             f"{_fmt(r['pyro_kl'])} ± {_fmt(r['pyro_kl_se'])}",
-            f"{_fmt(r['kl_ratio'], 2)}x", _fmt(r["pyro_nf_fit_s"], 1), _fmt(r["pyro_fit_s"], 1),
+            f"{_fmt(r['kl_ratio'], 2)}x", _fmt(r.get("p_worse", math.nan), 2),
+            _fmt(r["pyro_nf_fit_s"], 1), _fmt(r["pyro_fit_s"], 1),
             f"{_fmt(r['speedup'], 2)}x", "" if ref is None else f"{ref}", target,
         ])  # fmt: skip
     return format_table(headers, body)
@@ -409,6 +438,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="identity",
         choices=("identity", "random"),
         help="pyro-nf's planar(init=...): the identity or a random contraction per map",
+    )
+    p.add_argument(
+        "--radial-init",
+        default="identity",
+        choices=("identity", "random"),
+        help="pyro-nf's radial(init=...): the identity or Pyro's random start",
     )
     p.add_argument("--kl-samples", type=int, default=200_000)
     p.add_argument("--threads", type=int, default=1)
@@ -517,8 +552,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(format_rows(rows))
     print(
-        f"\nKL ratio = pyro-nf KL / Pyro KL (< 1: pyro-nf closer to the target); speedup = Pyro "
-        f"fit time / pyro-nf fit time. Saved {args.out}"
+        f"\nKL ratio = pyro-nf KL / Pyro KL (< 1: pyro-nf closer to the target); p worse = "
+        f"one-sided Mann-Whitney p-value that pyro-nf's KLs are larger than Pyro's (>= 3 seeds "
+        f"each); speedup = Pyro fit time / pyro-nf fit time. Saved {args.out}"
     )
     return 0
 

@@ -50,12 +50,14 @@ DEPTHS = (2, 8, 32)
 LIMIT = 4.0  # the plotted square [-LIMIT, LIMIT]^2, as in the paper
 
 
-def build_flow(family: str, depth: int, planar_init: str = "identity") -> pyro_nf.Flow:
-    """The flow of one grid cell (``planar_init``: ``planar(init=...)``)."""
+def build_flow(
+    family: str, depth: int, planar_init: str = "identity", radial_init: str = "identity"
+) -> pyro_nf.Flow:
+    """The flow of one grid cell (``planar_init``/``radial_init``: ``planar/radial(init=...)``)."""
     if family == "planar":
         return pyro_nf.planar(2, depth=depth, init=planar_init)
     if family == "radial":
-        return pyro_nf.radial(2, depth=depth)
+        return pyro_nf.radial(2, depth=depth, init=radial_init)
     return pyro_nf.iaf(2, depth=depth, hidden=(64, 64))
 
 
@@ -88,7 +90,7 @@ def fit_cell(energy: str, family: str, depth: int, args: argparse.Namespace) -> 
     """Fit one flow; return the KL estimate, timings and the flow."""
     target = get_target(energy)
     torch.manual_seed(args.seed)
-    flow = build_flow(family, depth, args.planar_init)
+    flow = build_flow(family, depth, args.planar_init, args.radial_init)
     history = fit_reverse_kl(
         flow,
         target,
@@ -203,6 +205,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="identity",
         choices=("identity", "random"),
         help="planar(init=...): start each map at the identity or at a random contraction",
+    )
+    p.add_argument(
+        "--radial-init",
+        default="identity",
+        choices=("identity", "random"),
+        help="radial(init=...): start each map at the identity or at Pyro's random start",
     )
     p.add_argument(
         "--population",

@@ -29,8 +29,8 @@ from .layers import (
     CouplingLayer,
     DiagonalAffineLayer,
     FlowLayer,
+    MapInit,
     PermuteLayer,
-    PlanarInit,
     PlanarLayer,
     RadialLayer,
 )
@@ -168,7 +168,7 @@ def planar(
     context_dim: int | None = None,
     base: BaseKind = "diagonal",
     context_hidden: Sequence[int] = (),
-    init: PlanarInit = "identity",
+    init: MapInit = "identity",
 ) -> Flow:
     r"""A planar flow: ``depth`` planar maps after a diagonal Gaussian (or standard) base.
 
@@ -197,8 +197,13 @@ def radial(
     context_dim: int | None = None,
     base: BaseKind = "diagonal",
     context_hidden: Sequence[int] = (),
+    init: MapInit = "identity",
 ) -> Flow:
     r"""A radial flow: ``depth`` radial maps after a diagonal Gaussian (or standard) base.
+
+    ``init="random"`` starts the maps at Pyro's random draw instead of the identity (see
+    :class:`~pyro_nf.layers.RadialLayer`); the density tutorial (``docs/tutorials/density.md``)
+    compares the two starts on the 2D energies.
 
     Example:
         >>> q = radial(3, depth=4, context_dim=5)(torch.randn(10, 5))
@@ -207,7 +212,9 @@ def radial(
     """
     check_positive_int("depth", depth)
     amortized = context_dim is not None
-    layers = _base_layers(dim, base, amortized) + [RadialLayer(dim, depth, amortized=amortized)]
+    layers = _base_layers(dim, base, amortized) + [
+        RadialLayer(dim, depth, amortized=amortized, init=init)
+    ]
     return Flow(dim, layers, context_dim, context_hidden)
 
 

@@ -10,7 +10,8 @@ one code path; batch dimensions of the parameters simply broadcast.
 Autoregressive layers are the exception that proves the rule: their MADE network reads the
 context itself as an extra input (Kingma et al. 2016), so they take no parameter vector.
 
-Every layer is initialised to the identity map.
+Every layer is initialised to the identity map by default; planar and radial layers can instead
+start at a random draw (``init="random"``, Pyro's start), for multi-start reverse-KL fits.
 """
 
 from __future__ import annotations
@@ -125,7 +126,14 @@ class FlowLayer(nn.Module):
         return self.build(params, context)
 
 
-PlanarInit = Literal["identity", "random"]
+MapInit = Literal["identity", "random"]
+"""The start of a planar or radial layer: the identity, or a random map (Pyro's start)."""
+
+
+def _check_init(init: str) -> str:
+    if init not in ("identity", "random"):
+        raise ValueError(f"init: expected 'identity' or 'random', got {init!r}")
+    return init
 
 
 class PlanarLayer(FlowLayer):
@@ -161,13 +169,11 @@ class PlanarLayer(FlowLayer):
     """
 
     def __init__(
-        self, dim: int, depth: int = 1, amortized: bool = False, init: PlanarInit = "identity"
+        self, dim: int, depth: int = 1, amortized: bool = False, init: MapInit = "identity"
     ) -> None:
         super().__init__(dim, amortized)
         self.depth = check_positive_int("depth", depth)
-        if init not in ("identity", "random"):
-            raise ValueError(f"init: expected 'identity' or 'random', got {init!r}")
-        self.init = init
+        self.init = _check_init(init)
         self._own_params(self._draw_params())
 
     def _draw_params(self) -> torch.Tensor:
@@ -192,21 +198,40 @@ class PlanarLayer(FlowLayer):
 class RadialLayer(FlowLayer):
     r"""``depth`` radial maps (see :mod:`pyro_nf.transforms.radial`); ``K(D + 2)`` parameters.
 
-    Initialised with :math:`\alpha' = \beta' = 0`, so :math:`\beta = 0` (exactly the identity),
-    and centres :math:`z_0 \sim \mathcal N(0, I)`.
+    Args:
+        dim, depth, amortized: as for every layer.
+        init: ``"identity"`` (default): :math:`\alpha' = \beta' = 0`, so :math:`\beta = 0`
+            (exactly the identity), and centres :math:`z_0 \sim \mathcal N(0, I)`.
+            ``"random"``: :math:`z_0, \alpha', \beta' \sim \mathcal U(-1/\sqrt D, 1/\sqrt D)`,
+            the start of Pyro's ``Radial`` (whose :math:`\alpha = \operatorname{softplus}(\alpha')`
+            and :math:`\beta = -\alpha + \operatorname{softplus}(\beta')` are pyro-nf's too). Each
+            map then starts as a mild contraction or expansion about a centre near the origin,
+            different from draw to draw.
 
     Example:
         >>> layer = RadialLayer(2, depth=3)
         >>> layer.num_params
         12
+        >>> x = torch.randn(4, 2)
+        >>> torch.equal(layer.transform()(x), x)   # identity at initialisation
+        True
+        >>> params = RadialLayer(2, depth=1000, init="random").params.detach()
+        >>> bool(params.abs().max() <= 2**-0.5)
+        True
     """
 
-    def __init__(self, dim: int, depth: int = 1, amortized: bool = False) -> None:
+    def __init__(
+        self, dim: int, depth: int = 1, amortized: bool = False, init: MapInit = "identity"
+    ) -> None:
         super().__init__(dim, amortized)
         self.depth = check_positive_int("depth", depth)
+        self.init = _check_init(init)
         self._own_params(self._draw_params())
 
     def _draw_params(self) -> torch.Tensor:
+        if self.init == "random":
+            bound = self.dim**-0.5
+            return torch.empty(self.depth * (self.dim + 2)).uniform_(-bound, bound)
         z0 = torch.randn(self.depth, self.dim)
         ab = torch.zeros(self.depth, 2)
         return torch.cat([z0, ab], dim=-1).reshape(-1)

@@ -71,11 +71,22 @@ def test_reweighted_summary_corrects_a_biased_guide():
 
 
 def test_convergence_detection_stops_a_converged_run_early():
+    """A guide that starts at the exact posterior (Laplace start of a conjugate Gaussian model)
+    is stopped as converged after the two plateau decays, well inside its 5000-step budget.
+
+    fit's rule (patience 500 here, two decays, then a plateau) stops a flat noisy loss after
+    1-3 patience windows per phase, i.e. 1500-4500 steps; the stopping time is a random
+    variable that depends on the exact floating-point path. Measured over seeds 0-11 (AVX512
+    kernels): 2082-3508 steps, median 2600; seed 0 took 2319 (AVX2 and AVX512) and 2255 (no
+    SIMD). The bound below leaves room for that spread but fails a detector that needs more
+    than ~2.7 windows per phase on this run.
+    """
     pyro.set_rng_seed(0)
     guide = pyro_nf.FlowGuide(gaussian_model, flow="planar", depth=2)  # Laplace: starts converged
     history = pyro_nf.fit(gaussian_model, guide, steps=5000, num_particles=4, progress=False)
     assert history.converged and history.stop_reason == "converged"
-    assert history.num_steps < 2000
+    assert len(history.lr_decay_steps) == 2
+    assert history.num_steps <= 4000
 
 
 def test_convergence_detection_does_not_stop_a_run_that_is_still_improving():
