@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 import pyro_nf
+from pyro_nf.layers import MAP_INITS
 from pyro_nf.reverse_kl import fit_reverse_kl, kl_estimate
 from pyro_nf.targets import get_target
 
@@ -203,8 +204,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--planar-init",
         default="identity",
-        choices=("identity", "random"),
-        help="planar(init=...): start each map at the identity or at a random contraction",
+        choices=MAP_INITS,
+        help="planar(init=...): start each map at the identity, at a random contraction, or as "
+        "Pyro's Planar does (its start and coordinates: 'pyro')",
     )
     p.add_argument(
         "--radial-init",

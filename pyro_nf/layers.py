@@ -11,7 +11,8 @@ Autoregressive layers are the exception that proves the rule: their MADE network
 context itself as an extra input (Kingma et al. 2016), so they take no parameter vector.
 
 Every layer is initialised to the identity map by default; planar and radial layers can instead
-start at a random draw (``init="random"``, Pyro's start), for multi-start reverse-KL fits.
+start at a random draw (``init="random"``, Pyro's start), for multi-start reverse-KL fits, or
+(``init="pyro"``) exactly as Pyro's ``Planar``/``Radial`` do, in their parameter coordinates.
 """
 
 from __future__ import annotations
@@ -126,13 +127,16 @@ class FlowLayer(nn.Module):
         return self.build(params, context)
 
 
-MapInit = Literal["identity", "random"]
-"""The start of a planar or radial layer: the identity, or a random map (Pyro's start)."""
+MapInit = Literal["identity", "random", "pyro"]
+"""The start of a planar or radial layer: the identity, a random map, or Pyro's own start and
+parameter coordinates (``"pyro"``)."""
+
+MAP_INITS = ("identity", "random", "pyro")
 
 
 def _check_init(init: str) -> str:
-    if init not in ("identity", "random"):
-        raise ValueError(f"init: expected 'identity' or 'random', got {init!r}")
+    if init not in MAP_INITS:
+        raise ValueError(f"init: expected 'identity', 'random' or 'pyro', got {init!r}")
     return init
 
 
@@ -151,7 +155,14 @@ class PlanarLayer(FlowLayer):
             :math:`u - \log(e - 1)\, w / \lVert w\rVert^2`. Most maps then start as a
             contraction across their hyperplane (:math:`w^\top\hat u \approx -0.3`), far from
             the identity and different from draw to draw, which a multi-start fit
-            (``fit_reverse_kl(population=...)``) can choose among.
+            (``fit_reverse_kl(population=...)``) can choose among. ``"pyro"``: Pyro's
+            ``Planar`` exactly, in its start *and* its coordinates: per map, raw
+            :math:`w` then :math:`u` drawn from :math:`\mathcal U(-1/\sqrt D, 1/\sqrt D)`
+            (Pyro's order, so a seeded layer equals a seeded stack of Pyro ``Planar`` maps),
+            :math:`b = 0`, and the free parameter is Pyro's raw :math:`u` (the map reads
+            :math:`u - \log(e - 1)\, w / \lVert w\rVert^2` through pyro-nf's constraint).
+            An optimizer then takes Pyro's steps (up to rounding) through pyro-nf's
+            faster fused chain.
 
     Example:
         >>> layer = PlanarLayer(3, depth=2)
@@ -166,6 +177,12 @@ class PlanarLayer(FlowLayer):
         >>> m = planar_constraint(u, w)[1]    # w . u_hat = softplus(a) - 1 for the drawn a = w . u
         >>> bool((m > -0.69).all() and (m < 0.32).all()), round(float(m.mean()), 1)
         (True, -0.3)
+        >>> import pyro.distributions.transforms as T
+        >>> _ = torch.manual_seed(0); pyros = [T.Planar(2) for _ in range(2)]
+        >>> _ = torch.manual_seed(0); layer = PlanarLayer(2, depth=2, init="pyro")
+        >>> x = torch.randn(3, 2)
+        >>> torch.allclose(layer.transform()(x), pyros[1](pyros[0](x)))   # Pyro's maps
+        True
     """
 
     def __init__(
@@ -177,13 +194,16 @@ class PlanarLayer(FlowLayer):
         self._own_params(self._draw_params())
 
     def _draw_params(self) -> torch.Tensor:
+        bound = self.dim**-0.5
         if self.init == "random":
-            bound = self.dim**-0.5
             raw = torch.empty(self.depth, 2 * self.dim + 1).uniform_(-bound, bound)
             u, w, b = raw.split([self.dim, self.dim, 1], dim=-1)
-            w_sq = (w * w).sum(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
-            u = u - PLANAR_SHIFT * w / w_sq  # the unshifted constraint's map, stored shifted
+            u = _from_pyro_coordinates(u, w)  # the unshifted constraint's map, stored shifted
             return torch.cat([u, w, b], dim=-1).reshape(-1)
+        if self.init == "pyro":  # Pyro's Planar.reset_parameters, map by map; stored unshifted
+            wu = [torch.empty(self.dim).uniform_(-bound, bound) for _ in range(2 * self.depth)]
+            w, u = torch.stack(wu).reshape(self.depth, 2, self.dim).unbind(1)
+            return torch.cat([u, w, torch.zeros(self.depth, 1)], dim=-1).reshape(-1)
         u = torch.zeros(self.depth, self.dim)
         w = torch.randn(self.depth, self.dim) / self.dim**0.5
         b = torch.zeros(self.depth, 1)
@@ -192,7 +212,17 @@ class PlanarLayer(FlowLayer):
     def build(self, params: torch.Tensor | None, context: torch.Tensor | None) -> FlowTransform:
         p = params.unflatten(-1, (self.depth, 2 * self.dim + 1))
         u, w, b = p.split([self.dim, self.dim, 1], dim=-1)
+        if self.init == "pyro":
+            u = _from_pyro_coordinates(u, w)
         return PlanarTransform(u, w, b.squeeze(-1))
+
+
+def _from_pyro_coordinates(u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    r"""pyro-nf's raw :math:`u` of the planar map that Pyro's raw :math:`u` gives with ``w``:
+    :math:`u - \log(e - 1)\, w / \lVert w\rVert^2` (shapes ``(..., D)``), so that both
+    constraints yield the same :math:`\hat u`."""
+    w_sq = (w * w).sum(-1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
+    return u - PLANAR_SHIFT * w / w_sq
 
 
 class RadialLayer(FlowLayer):
@@ -206,7 +236,8 @@ class RadialLayer(FlowLayer):
             the start of Pyro's ``Radial`` (whose :math:`\alpha = \operatorname{softplus}(\alpha')`
             and :math:`\beta = -\alpha + \operatorname{softplus}(\beta')` are pyro-nf's too). Each
             map then starts as a mild contraction or expansion about a centre near the origin,
-            different from draw to draw.
+            different from draw to draw. ``"pyro"`` is the same start (Pyro's coordinates are
+            pyro-nf's for radial maps).
 
     Example:
         >>> layer = RadialLayer(2, depth=3)
@@ -229,7 +260,7 @@ class RadialLayer(FlowLayer):
         self._own_params(self._draw_params())
 
     def _draw_params(self) -> torch.Tensor:
-        if self.init == "random":
+        if self.init in ("random", "pyro"):
             bound = self.dim**-0.5
             return torch.empty(self.depth * (self.dim + 2)).uniform_(-bound, bound)
         z0 = torch.randn(self.depth, self.dim)

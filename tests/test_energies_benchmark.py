@@ -63,3 +63,41 @@ def test_summary_compares_pyro_with_each_pyro_nf_init(energies):
     assert rows["random"]["p_worse"] > 0.5
     table = energies.format_rows(list(rows.values()))
     assert "p worse" in table and "random" in table
+
+
+def test_holm_adjusts_for_the_number_of_cells(energies):
+    nan = math.nan
+    adjusted = energies.holm([0.01, 0.04, nan, 0.03])
+    assert adjusted[:2] == pytest.approx([0.03, 0.06]) and adjusted[3] == pytest.approx(0.06)
+    assert math.isnan(adjusted[2])
+    assert energies.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert energies.holm([]) == [] and math.isnan(energies.holm([nan])[0])
+    # step-down: the smallest p is multiplied by m, the next by m - 1, never below the previous
+    assert energies.holm([0.001, 0.002, 0.2]) == pytest.approx([0.003, 0.004, 0.2])
+
+
+def test_summary_adjusts_p_worse_over_its_rows(energies):
+    runs = [run("pyro", "radial", s, kl, init=None) for s, kl in enumerate([0.010, 0.011, 0.012])]
+    runs += [run("pyro_nf", "radial", s, 0.02 + s / 1e4) for s in range(3)]  # behind: p 0.05
+    runs += [run("pyro_nf", "radial", s, 0.005 + s / 1e4, init="random") for s in range(3)]
+    rows = {r["init"]: r for r in energies.summarize(runs)}
+    assert rows["identity"]["p_worse"] == pytest.approx(0.05)
+    assert rows["identity"]["p_worse_holm"] == pytest.approx(0.10)  # two cells with a p-value
+    assert rows["random"]["p_worse_holm"] == pytest.approx(1.0)
+    assert "Holm" in energies.format_rows(list(rows.values()))
+
+
+def test_pyro_init_is_a_cell_of_its_own(energies):
+    args = energies.parse_args(["--planar-init", "pyro"])
+    assert energies._init("pyro_nf", "planar", args) == "pyro"
+    assert energies._init("pyro_nf", "radial", args) == "identity"
+    assert energies._init("pyro", "planar", args) is None
+    with pytest.raises(SystemExit):
+        energies.parse_args(["--planar-init", "zeros"])
+    runs = [run("pyro", "planar", s, 0.2 + s / 100, init=None) for s in range(3)]
+    runs += [run("pyro_nf", "planar", s, 0.2 + s / 100, init="pyro") for s in range(3)]
+    runs += [run("pyro_nf", "planar", s, 0.4 + s / 100) for s in range(3)]
+    rows = {r["init"]: r for r in energies.summarize(runs)}
+    assert set(rows) == {"identity", "pyro"}
+    assert rows["pyro"]["pyro_nf_kl"] == pytest.approx(0.21)
+    assert rows["identity"]["p_worse"] == pytest.approx(0.05) and rows["pyro"]["p_worse"] > 0.3

@@ -31,6 +31,7 @@ FLOWS = {
     "radial": lambda: pyro_nf.radial(3, depth=3),
     "planar, random start": lambda: pyro_nf.planar(3, depth=3, init="random"),
     "radial, random start": lambda: pyro_nf.radial(3, depth=3, init="random"),
+    "planar, Pyro's start and coordinates": lambda: pyro_nf.planar(3, depth=3, init="pyro"),
     "planar, standard base": lambda: pyro_nf.planar(3, depth=2, base="standard"),
     "permutation first": lambda: Flow(3, [PermuteLayer(3), PlanarLayer(3, 2), RadialLayer(3, 2)]),
 }
