@@ -133,6 +133,9 @@ parameter coordinates (``"pyro"``)."""
 
 MAP_INITS = ("identity", "random", "pyro")
 
+#: suffix of a planar layer's parameters in a state_dict when they are in Pyro's coordinates
+PYRO_COORDINATES_SUFFIX = "_in_pyro_coordinates"
+
 
 def _check_init(init: str) -> str:
     if init not in MAP_INITS:
@@ -215,6 +218,37 @@ class PlanarLayer(FlowLayer):
         if self.init == "pyro":
             u = _from_pyro_coordinates(u, w)
         return PlanarTransform(u, w, b.squeeze(-1))
+
+    # With init="pyro" the same numbers mean other maps, so the state_dict names the coordinates:
+    # such a state loads only into a layer built with init="pyro", and vice versa.
+    def _params_key(self, prefix: str) -> tuple[str, str]:
+        name = prefix + ("initial_params" if self.amortized else "params")
+        return name, name + PYRO_COORDINATES_SUFFIX
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:  # noqa: ANN001
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        key, pyro_key = self._params_key(prefix)
+        if self.init == "pyro" and key in destination:
+            destination[pyro_key] = destination.pop(key)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:  # noqa: ANN001
+        key, pyro_key = self._params_key(prefix)
+        error_msgs = args[-1]
+        if self.init == "pyro" and pyro_key in state_dict:
+            state_dict[key] = state_dict.pop(pyro_key)
+        elif self.init == "pyro" and key in state_dict:
+            error_msgs.append(
+                f"{key}: saved by a planar layer in pyro-nf's coordinates (init='identity' or "
+                "'random') but loaded into one built with init='pyro' (Pyro's coordinates); "
+                "build the flow with the init it was saved with"
+            )
+        elif self.init != "pyro" and pyro_key in state_dict:
+            error_msgs.append(
+                f"{key}: saved by a planar layer built with init='pyro' (Pyro's coordinates) "
+                f"but loaded into one built with init={self.init!r}; build the flow with "
+                "init='pyro'"
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
 
 def _from_pyro_coordinates(u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
