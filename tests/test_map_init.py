@@ -13,6 +13,16 @@ from pyro_nf.reverse_kl import fit_reverse_kl, kl_estimate
 from pyro_nf.targets import get_target
 
 
+def pyro_chain(maps, z):
+    """Pyro's transforms ``maps`` applied in turn to ``z``: the output and the summed
+    log |det J|."""
+    ladj = torch.zeros(z.shape[:-1], dtype=z.dtype)
+    for m in maps:
+        y = m(z)
+        ladj, z = ladj + m.log_abs_det_jacobian(z, y), y
+    return z, ladj
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_random_init_is_rezende_and_mohameds_map_at_the_drawn_values(dtype):
     """The random start is the map of Rezende & Mohamed's (and Pyro's) constraint at the drawn
@@ -24,14 +34,13 @@ def test_random_init_is_rezende_and_mohameds_map_at_the_drawn_values(dtype):
     torch.manual_seed(5)
     raw = torch.empty(depth, 2 * dim + 1).uniform_(-(dim**-0.5), dim**-0.5).to(dtype)
     z = torch.randn(20, dim, dtype=dtype)
-    expected = z
-    for k in range(depth):
-        pyro_map = T.Planar(dim).to(dtype)
-        with torch.no_grad():
+    maps = [T.Planar(dim).to(dtype) for _ in range(depth)]
+    with torch.no_grad():
+        for k, pyro_map in enumerate(maps):
             pyro_map.u.copy_(raw[k, :dim])
             pyro_map.w.copy_(raw[k, dim : 2 * dim])
             pyro_map.bias.copy_(raw[k, 2 * dim :])
-        expected = pyro_map(expected)
+    expected, _ = pyro_chain(maps, z)
     got, _ = layer.transform().forward_and_log_det(z)
     torch.testing.assert_close(got, expected.detach())
 
@@ -46,16 +55,13 @@ def test_radial_random_init_is_pyros_radial_at_the_drawn_values(dtype):
     torch.manual_seed(7)
     raw = torch.empty(depth, dim + 2).uniform_(-(dim**-0.5), dim**-0.5).to(dtype)
     z = torch.randn(20, dim, dtype=dtype)
-    expected, expected_ladj = z, torch.zeros(20, dtype=dtype)
-    for k in range(depth):
-        pyro_map = T.Radial(dim).to(dtype)
-        with torch.no_grad():
+    maps = [T.Radial(dim).to(dtype) for _ in range(depth)]
+    with torch.no_grad():
+        for k, pyro_map in enumerate(maps):
             pyro_map.x0.copy_(raw[k, :dim])
             pyro_map.alpha_prime.copy_(raw[k, dim])
             pyro_map.beta_prime.copy_(raw[k, dim + 1])
-        y = pyro_map(expected)
-        expected_ladj = expected_ladj + pyro_map.log_abs_det_jacobian(expected, y)
-        expected = y
+    expected, expected_ladj = pyro_chain(maps, z)
     got, ladj = layer.transform().forward_and_log_det(z)
     torch.testing.assert_close(got, expected.detach())
     torch.testing.assert_close(ladj, expected_ladj.detach())
@@ -123,11 +129,7 @@ def test_pyro_init_is_a_seeded_stack_of_pyros_planar_maps(dtype):
     torch.manual_seed(11)
     layer = PlanarLayer(dim, depth=depth, init="pyro").to(dtype)
     z = torch.randn(20, dim, dtype=dtype)
-    expected, expected_ladj = z, torch.zeros(20, dtype=dtype)
-    for m in maps:
-        y = m(expected)
-        expected_ladj = expected_ladj + m.log_abs_det_jacobian(expected, y)
-        expected = y
+    expected, expected_ladj = pyro_chain(maps, z)
     got, ladj = layer.transform().forward_and_log_det(z)
     torch.testing.assert_close(got, expected.detach())
     torch.testing.assert_close(ladj, expected_ladj.detach())
@@ -151,11 +153,8 @@ def test_pyro_init_takes_pyros_optimizer_steps():
     ours_opt = torch.optim.Adam(layer.parameters(), lr=0.05)
     for _ in range(steps):
         eps = torch.randn(64, dim, dtype=torch.float64)
-        z, log_q = eps, base.log_prob(eps).sum(-1)
-        for m in maps:
-            y = m(z)
-            log_q, z = log_q - m.log_abs_det_jacobian(z, y), y
-        pyro_loss = (log_q - target.log_prob(z)).mean()
+        z, pyro_ladj = pyro_chain(maps, eps)
+        pyro_loss = (base.log_prob(eps).sum(-1) - pyro_ladj - target.log_prob(z)).mean()
         y, ladj = layer.transform().forward_and_log_det(eps)
         ours = (base.log_prob(eps).sum(-1) - ladj - target.log_prob(y)).mean()
         torch.testing.assert_close(ours, pyro_loss, rtol=1e-10, atol=1e-10)
