@@ -37,7 +37,7 @@ table's ``starts`` column: ``R pilots``).
 
 ``--population R`` fits with ``fit_reverse_kl(population=R)`` for *both* libraries: R starts
 trained side by side, ``--batch-size`` draws per member and step, the worse half dropped by
-its mean loss over the last min(200, steps/20) steps at ``pyro_nf.population.halving_steps`` (R = 4: steps
+its mean loss over the last min(200, steps/20) steps at ``pyro_nf.density.population.halving_steps`` (R = 4: steps
 T/4 and T/2), ``steps`` steps in all (``starts``: ``R side by side``). pyro-nf stacks the
 members' parameters and samples them in one batched pass; Pyro's flows are R module copies
 sampled one after the other.
@@ -84,10 +84,10 @@ from scipy.stats import mannwhitneyu
 from torch import nn
 
 import pyro_nf
-from pyro_nf.layers import MAP_INITS
-from pyro_nf.reverse_kl import default_pilot_steps, fit_reverse_kl, kl_estimate
-from pyro_nf.targets import get_target
-from pyro_nf.train import TrainingDivergedError
+from pyro_nf.density.reverse_kl import default_pilot_steps, fit_reverse_kl, kl_estimate
+from pyro_nf.density.targets import get_target
+from pyro_nf.flows.layers import MAP_INITS
+from pyro_nf.training.loop import TrainingDivergedError
 
 try:  # run as a script (benchmarks/ on sys.path) or as ``python -m benchmarks.energies``
     from _common import format_table, save_json, set_threads

@@ -85,7 +85,7 @@ TIMING_BASELINE = "AutoIAFNormal"
 KHAT_OK = 0.7
 DEFAULT_OUT = _HERE / "results" / "guides.json"
 #: Hash of the FlowGuide source this run imported (its defaults are what is measured).
-GUIDES_PY_SHA256 = hashlib.sha256(Path(M.pyro_nf.guides.__file__).read_bytes()).hexdigest()[:16]
+GUIDES_PY_SHA256 = hashlib.sha256(Path(M.pyro_nf.infer.guides.__file__).read_bytes()).hexdigest()[:16]
 QUICK_OUT = _HERE / "results" / "guides_quick.json"
 
 

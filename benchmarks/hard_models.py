@@ -68,7 +68,7 @@ import pyro.distributions as dist
 import torch
 
 import pyro_nf
-from pyro_nf.reference import NUTSDraws, run_nuts
+from pyro_nf.diagnostics.reference import NUTSDraws, run_nuts
 
 __all__ = [
     "MODELS",

@@ -75,8 +75,8 @@ from pyro.infer.autoguide import (
 from pyro.infer.importance import vectorized_importance_weights
 
 import pyro_nf
-from pyro_nf.psis import psis
-from pyro_nf.reference import run_nuts
+from pyro_nf.diagnostics.psis import psis
+from pyro_nf.diagnostics.reference import run_nuts
 
 __all__ = [
     "EIGHT_SCHOOLS_SIGMA",
@@ -343,7 +343,7 @@ def nuts_reference(
     progress: bool = True,
 ) -> Reference:
     r"""Posterior moments from ``num_chains`` independent runs of Pyro's NUTS (float64), by
-    :func:`pyro_nf.reference.run_nuts`.
+    :func:`pyro_nf.diagnostics.reference.run_nuts`.
 
     Chains run one after another (cheap on a shared machine), each seeded ``seed + c`` and
     initialised by ``init_to_sample`` from the prior. Split-:math:`\hat R` and the effective

@@ -58,7 +58,7 @@ from typing import Any
 import torch
 
 import pyro_nf
-from pyro_nf.density import DensityEstimator, train_val_split
+from pyro_nf.density.estimator import DensityEstimator, train_val_split
 
 LIM = ((-1.6, 2.6), (-1.1, 1.6))
 

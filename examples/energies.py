@@ -41,9 +41,9 @@ from typing import Any
 import torch
 
 import pyro_nf
-from pyro_nf.layers import MAP_INITS
-from pyro_nf.reverse_kl import fit_reverse_kl, kl_estimate
-from pyro_nf.targets import get_target
+from pyro_nf.density.reverse_kl import fit_reverse_kl, kl_estimate
+from pyro_nf.density.targets import get_target
+from pyro_nf.flows.layers import MAP_INITS
 
 ENERGIES = ("U1", "U2", "U3", "U4")
 FAMILIES = ("planar", "radial", "iaf")

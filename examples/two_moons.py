@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 import pyro_nf
-from pyro_nf.density import DensityEstimator, train_val_split
+from pyro_nf.density.estimator import DensityEstimator, train_val_split
 
 #: name -> (builder spec, steps, learning rate) of the full run.
 FAMILIES: dict[str, tuple[dict[str, Any], int, float]] = {

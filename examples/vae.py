@@ -52,15 +52,7 @@ import torch
 
 import pyro_nf
 from pyro_nf.datasets import random_subset
-from pyro_nf.vae import (
-    DATASETS,
-    FLOWS,
-    VAEData,
-    evaluate_vae,
-    fit_vae,
-    flow_vae,
-    load_vae_data,
-)
+from pyro_nf.vae import DATASETS, FLOWS, VAEData, evaluate_vae, fit_vae, flow_vae, load_vae_data
 
 #: (flow, depth) rows of ``--table``.
 TABLE_ROWS: list[tuple[str, int | None]] = [

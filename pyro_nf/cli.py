@@ -45,8 +45,9 @@ def _demo_energies(out: Path, steps: int, seed: int) -> list[dict[str, Any]]:
     import torch
 
     import pyro_nf
-    from pyro_nf.reverse_kl import fit_reverse_kl, kl_estimate
-    from pyro_nf.targets import get_target
+
+    from .density.reverse_kl import fit_reverse_kl, kl_estimate
+    from .density.targets import get_target
 
     rows, fitted = [], []
     for energy in ("U1", "U2"):
@@ -85,7 +86,7 @@ def _plot_energies(fitted: list, path: Path) -> None:
     except ImportError:  # pragma: no cover - matplotlib is in the examples extra
         print("matplotlib is not installed (pip install 'pyro-nf[examples]'): skipping", path.name)
         return
-    from pyro_nf.plotting import plot_density_2d
+    from .plotting import plot_density_2d
 
     energies = sorted({e for e, *_ in fitted})
     methods = [(f, d) for e, f, d, *_ in fitted if e == energies[0]]
@@ -257,7 +258,7 @@ def _read_csv(path: str) -> Any:
 def cmd_fit_density(args: argparse.Namespace) -> int:
     import torch
 
-    from pyro_nf.density import DensityEstimator
+    from .density.estimator import DensityEstimator
 
     torch.manual_seed(args.seed)
     x = _read_csv(args.data)
@@ -292,7 +293,7 @@ def cmd_fit_density(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
-    from pyro_nf.density import DensityEstimator
+    from .density.estimator import DensityEstimator
 
     if not Path(args.model).is_file():
         raise CLIError(f"model: no such file: {args.model}")

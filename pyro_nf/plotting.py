@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .density import _limits, density_grid_2d
+from .density.estimator import density_grid_2d, plot_limits
 
 __all__ = ["plot_density_2d", "plot_samples_2d", "plot_training_curve"]
 
@@ -94,7 +94,7 @@ def plot_density_2d(
     log_p = torch.where(finite, log_p, torch.full_like(log_p, -math.inf))
     values = log_p.clamp_min(top + log_floor) if log else log_p.exp()
     ax = _axes(ax)
-    (xlo, xhi), (ylo, yhi) = _limits(lim)
+    (xlo, xhi), (ylo, yhi) = plot_limits(lim)
     image = ax.imshow(
         values.numpy(),
         origin="lower",
@@ -156,7 +156,7 @@ def plot_samples_2d(
     ax = _axes(ax)
     ax.scatter(pts[:, 0], pts[:, 1], s=s, alpha=alpha, color=color, linewidths=0)
     if lim is not None:
-        (xlo, xhi), (ylo, yhi) = _limits(lim)
+        (xlo, xhi), (ylo, yhi) = plot_limits(lim)
         ax.set_xlim(xlo, xhi)
         ax.set_ylim(ylo, yhi)
     if title is not None:
@@ -177,7 +177,7 @@ def plot_training_curve(
     Steps whose loss is not finite (rolled back by the NaN guard) are left out.
 
     Args:
-        history: the ``History`` returned by :func:`pyro_nf.train.train` (or a fit).
+        history: the ``History`` returned by :func:`pyro_nf.training.train` (or a fit).
         ax: the ``Axes`` (default: a new figure).
         log_scale: a logarithmic y axis (for positive losses).
         title, ylabel: labels.
@@ -189,7 +189,7 @@ def plot_training_curve(
     Example:
         >>> import matplotlib
         >>> matplotlib.use("Agg")
-        >>> from pyro_nf.train import History
+        >>> from pyro_nf.training import History
         >>> h = History(losses=[3.0, 2.0, 1.5], smoothed=[3.0, 2.5, 2.2], val_losses=[(2, 1.7)])
         >>> [line.get_label() for line in plot_training_curve(h).get_lines()]
         ['loss', 'smoothed', 'validation']

@@ -42,7 +42,7 @@ from typing import Literal
 
 import torch
 
-from ..nn import MADE
+from ..utils.nn import MADE
 from .base import FlowTransform
 
 __all__ = ["AutoregressiveTransform", "DEFAULT_GATE_BIAS", "DEFAULT_SCALE_BOUND"]
@@ -52,7 +52,7 @@ DEFAULT_SCALE_BOUND = 3.0
 
 
 class AutoregressiveTransform(FlowTransform):
-    r"""One autoregressive layer around a :class:`~pyro_nf.nn.MADE` network.
+    r"""One autoregressive layer around a :class:`~pyro_nf.utils.nn.MADE` network.
 
     Args:
         made: a MADE with ``num_params=2`` (outputs :math:`\mu` and :math:`s`).

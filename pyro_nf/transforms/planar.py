@@ -40,7 +40,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .._validation import check_positive_int
+from ..utils.validation import check_positive_int
 from .base import FlowTransform, sum_to
 
 __all__ = ["PlanarTransform", "planar_constraint", "PlanarInverseError"]

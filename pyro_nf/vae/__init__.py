@@ -19,7 +19,7 @@ MADEs read :math:`h` (Kingma et al. 2016). Modules, one concept each:
 * :mod:`~pyro_nf.vae.training` — :func:`fit_vae`, :func:`evaluate_vae`, :class:`EpochBatches`.
 * :mod:`~pyro_nf.vae.data` — :func:`load_vae_data` (MNIST, Frey faces, Caltech, digits).
 
-Data-parallel training lives in :mod:`pyro_nf.distributed`.
+Data-parallel training lives in :mod:`pyro_nf.vae.distributed`.
 
 Example:
     >>> import torch

@@ -47,7 +47,7 @@ from pyro.distributions import TorchDistribution
 from torch import nn
 from torch.distributions import constraints
 
-from .._validation import check_positive_int
+from ..utils.validation import check_positive_int
 
 __all__ = [
     "Likelihood",

@@ -49,9 +49,9 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from .._validation import check_event, check_positive_int
-from ..distribution import FlowDistribution
-from ..flow import Flow
+from ..flows.distribution import FlowDistribution
+from ..flows.flow import Flow
+from ..utils.validation import check_event, check_positive_int
 from .likelihoods import Likelihood, make_likelihood
 from .networks import ConvEncoder, MLPDecoder, MLPEncoder
 from .posteriors import make_posterior, rsample_and_log_prob

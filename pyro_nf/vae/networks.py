@@ -24,8 +24,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .._validation import check_positive_int
-from ..nn import MLP
+from ..utils.nn import MLP
+from ..utils.validation import check_positive_int
 
 __all__ = ["MLPEncoder", "ConvEncoder", "MLPDecoder"]
 

@@ -39,10 +39,11 @@ import torch.nn.functional as F
 from pyro.distributions import ConditionalDistribution, ConditionalTransformedDistribution
 from torch import nn
 
-from .._validation import check_positive_int
-from ..distribution import FlowDistribution
-from ..flow import Flow, iaf, nice, planar, radial, realnvp
-from ..layers import DiagonalAffineLayer
+from ..flows.distribution import FlowDistribution
+from ..flows.flow import Flow
+from ..flows.layers import DiagonalAffineLayer
+from ..flows.registry import family_names, get_family
+from ..utils.validation import check_positive_int
 
 __all__ = [
     "FLOWS",
@@ -51,19 +52,13 @@ __all__ = [
     "rsample_and_log_prob",
 ]
 
-#: the posterior kinds :func:`make_posterior` knows.
-FLOWS = (
-    "diag",
-    "planar",
-    "radial",
-    "iaf",
-    "realnvp",
-    "nice",
-    "pyro-diag",
-    "pyro-planar",
-    "pyro-planar-linear",
-    "pyro-iaf",
-)
+#: Pyro's own conditional posteriors, for side-by-side comparisons.
+PYRO_KINDS = ("pyro-diag", "pyro-planar", "pyro-planar-linear", "pyro-iaf")
+
+#: The posterior kinds :func:`make_posterior` knows at import: ``"diag"``, every registered
+#: family with a VAE default depth (:func:`pyro_nf.flows.family_names` ``("vae")``, read again at
+#: each call, so families registered later are accepted too) and :data:`PYRO_KINDS`.
+FLOWS = ("diag", *family_names("vae"), *PYRO_KINDS)
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 _SOFTPLUS_INV_1 = math.log(math.e - 1.0)
@@ -215,23 +210,25 @@ def make_posterior(
     """
     check_positive_int("dim", dim)
     check_positive_int("context_dim", context_dim)
-    if kind not in FLOWS:
-        raise ValueError(f"kind: expected one of {FLOWS}, got {kind!r}")
+    kinds = ("diag", *family_names("vae"), *PYRO_KINDS)
+    if kind not in kinds:
+        raise ValueError(f"kind: expected one of {kinds}, got {kind!r}")
     if kind == "diag":
         return Flow(dim, [DiagonalAffineLayer(dim, amortized=True)], context_dim=context_dim)
-    default_depth = {"iaf": 2, "pyro-iaf": 2, "realnvp": 4, "nice": 4}.get(kind, 10)
-    depth = default_depth if depth is None else check_positive_int("depth", depth)
-    if kind == "planar":
-        return planar(dim, depth, context_dim=context_dim)
-    if kind == "radial":
-        return radial(dim, depth, context_dim=context_dim)
-    if kind == "iaf":
-        return iaf(dim, depth, context_dim=context_dim, hidden=hidden)
-    if kind in ("realnvp", "nice"):
-        if dim < 2:
-            raise ValueError(f"dim: coupling posteriors need a latent dimension >= 2, got {dim}")
-        builder = realnvp if kind == "realnvp" else nice
-        return builder(dim, depth, context_dim=context_dim, hidden=hidden)
+    if kind in PYRO_KINDS:
+        depth = (2 if kind == "pyro-iaf" else 10) if depth is None else depth
+        return _pyro_posterior(kind, dim, context_dim, check_positive_int("depth", depth), hidden)
+    family = get_family(kind, use="vae", argname="kind")
+    family.check_dim(dim, argname="dim")
+    depth = family.vae_depth if depth is None else check_positive_int("depth", depth)
+    extra = {} if kind in ("planar", "radial") else {"hidden": hidden}
+    return family.builder(dim, depth, context_dim=context_dim, **extra)
+
+
+def _pyro_posterior(
+    kind: str, dim: int, context_dim: int, depth: int, hidden: Sequence[int] | None
+) -> nn.Module:
+    """One of Pyro's conditional posteriors (:data:`PYRO_KINDS`)."""
     if kind == "pyro-diag":
         return PyroConditionalPosterior(dim, context_dim, [])
     if kind == "pyro-planar":

@@ -1,10 +1,10 @@
-r"""Training and evaluation of VAEs: minibatch ELBO ascent with :func:`pyro_nf.train.train`.
+r"""Training and evaluation of VAEs: minibatch ELBO ascent with :func:`pyro_nf.training.train`.
 
 :func:`fit_vae` maximizes the direct ELBO :math:`\frac1N\sum_i \mathcal L_\beta(x_i)` (see
 :mod:`pyro_nf.vae.model`) over minibatches, on CPU or GPU, with an optional KL warm-up
 :math:`\beta_t = \min(1, (t+1)/T_{\mathrm{warm}})`, early stopping on the validation ELBO with
 best-parameter restore, atomic checkpoints that resume bit-identically, and a progress bar
-(all from :func:`~pyro_nf.train.train`).
+(all from :func:`~pyro_nf.training.train`).
 
 **Minibatches** follow a seeded schedule (:class:`EpochBatches`), like PyTorch's
 ``DistributedSampler``: epoch ``e`` shuffles the data with
@@ -37,8 +37,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._validation import check_positive_int
-from ..train import EarlyStopping, History, train
+from ..training.loop import EarlyStopping, History, train
+from ..utils.validation import check_positive_int
 from .model import VAE
 
 __all__ = ["EpochBatches", "fit_vae", "evaluate_vae", "VAEEvaluation", "seeded_normal"]
@@ -185,7 +185,7 @@ def _fit(
     world_size: int = 1,
     reduce: Callable[[torch.Tensor], torch.Tensor] = _identity_reduce,
 ) -> History:
-    """The shared loop of :func:`fit_vae` and :func:`pyro_nf.distributed.fit_vae_distributed`.
+    """The shared loop of :func:`fit_vae` and :func:`pyro_nf.vae.distributed.fit_vae_distributed`.
 
     ``module`` is what the loss calls (``vae`` or a DDP wrapper of it); ``reduce`` sums a
     small tensor over the ranks (identity in a single process).
@@ -325,7 +325,7 @@ def fit_vae(
         patience: early-stopping patience in epochs (``None``: no early stopping).
         lr_decays: with ``patience``: at each of the first ``lr_decays`` plateaus of the
             validation ELBO divide the learning rate by 10 and go on (see
-            :class:`pyro_nf.train.EarlyStopping`); the next plateau stops.
+            :class:`pyro_nf.training.EarlyStopping`); the next plateau stops.
         validate_every: validation period in steps.
         valid_batch_size: batch size of the validation pass.
         seeded_noise: draw each step's noise from a ``(seed, step)``-seeded generator.
@@ -333,13 +333,13 @@ def fit_vae(
         nan_policy: ``"raise"`` (default) stops at the first non-finite loss or gradient with
             the last good parameters in place; ``"restore"`` rolls back and halves the lr, but
             copies all parameters and optimizer state every step (about 15% of a step of the
-            784-300-300 MNIST VAE on one CPU thread). See :func:`pyro_nf.train.train`.
-        clip_norm: gradient-norm clipping as in :func:`pyro_nf.train.train`; the default
+            784-300-300 MNIST VAE on one CPU thread). See :func:`pyro_nf.training.train`.
+        clip_norm: gradient-norm clipping as in :func:`pyro_nf.training.train`; the default
             ``"auto"`` cuts only spikes above 5 times the recent median norm. Planar encoders
             need it: on static MNIST an unclipped planar K = 16 VAE blew up at epoch 25.
             ``None`` turns it off.
         optimizer, lr_schedule, checkpoint, checkpoint_every (default one epoch),
-            resume, progress, desc, callback: as in :func:`pyro_nf.train.train`.
+            resume, progress, desc, callback: as in :func:`pyro_nf.training.train`.
 
     Returns:
         The :class:`~pyro_nf.History` (``losses`` are negative minibatch ELBOs per data point,

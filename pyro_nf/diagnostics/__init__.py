@@ -1,0 +1,29 @@
+"""Can the fitted posterior be trusted? PSIS, importance weights, the trust report, NUTS
+references and the ArviZ export.
+"""
+
+from . import psis
+from .importance import (
+    diagnose_importance,
+    log_evidence,
+    log_importance_weights,
+    psis_khat,
+    to_inference_data,
+)
+from .reference import NUTSDraws, run_nuts
+from .report import SiteReliability, TrustReport, diagnose, reweighted_summary
+
+__all__ = [
+    "NUTSDraws",
+    "SiteReliability",
+    "TrustReport",
+    "diagnose",
+    "diagnose_importance",
+    "log_evidence",
+    "log_importance_weights",
+    "psis",
+    "psis_khat",
+    "reweighted_summary",
+    "run_nuts",
+    "to_inference_data",
+]

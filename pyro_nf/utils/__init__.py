@@ -1,0 +1,18 @@
+"""The bottom layer: argument checks (:mod:`.validation`) and the networks flows use (:mod:`.nn`).
+
+Nothing here imports any other part of pyro-nf.
+"""
+
+from .nn import MADE, MLP, MaskedLinear, default_hidden
+from .validation import check_context, check_event, check_finite, check_positive_int
+
+__all__ = [
+    "MADE",
+    "MLP",
+    "MaskedLinear",
+    "check_context",
+    "check_event",
+    "check_finite",
+    "check_positive_int",
+    "default_hidden",
+]
