@@ -85,7 +85,9 @@ TIMING_BASELINE = "AutoIAFNormal"
 KHAT_OK = 0.7
 DEFAULT_OUT = _HERE / "results" / "guides.json"
 #: Hash of the FlowGuide source this run imported (its defaults are what is measured).
-GUIDES_PY_SHA256 = hashlib.sha256(Path(M.pyro_nf.infer.guides.__file__).read_bytes()).hexdigest()[:16]
+GUIDES_PY_SHA256 = hashlib.sha256(Path(M.pyro_nf.infer.guides.__file__).read_bytes()).hexdigest()[
+    :16
+]
 QUICK_OUT = _HERE / "results" / "guides_quick.json"
 
 
@@ -377,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results[pname] = res
     payload = {
         "benchmark": "guides",
-        # the FlowGuide defaults measured here are those of this version of pyro_nf/guides.py
+        # the FlowGuide defaults measured here are those of this version of pyro_nf/infer/guides.py
         "guides_py_sha256": GUIDES_PY_SHA256,
         "quick": bool(args.quick),
         "guides": guides,

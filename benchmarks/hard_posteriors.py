@@ -676,7 +676,16 @@ def library_state() -> dict[str, Any]:
 
     root = Path(pyro_nf.__file__).resolve().parent
     digest = hashlib.sha256()
-    files = ("guides.py", "laplace.py", "svi.py", "train.py", "layers.py", "report.py")
+    files = (
+        "infer/guides.py",
+        "infer/prototype.py",
+        "infer/laplace.py",
+        "infer/svi.py",
+        "training/loop.py",
+        "flows/layers.py",
+        "flows/registry.py",
+        "diagnostics/report.py",
+    )
     for name in files:
         digest.update((root / name).read_bytes())
     try:

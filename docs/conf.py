@@ -9,6 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import gen_api  # noqa: E402
 import gen_benchmarks  # noqa: E402
 
 project = "pyro-nf"
@@ -37,4 +38,8 @@ html_title = "pyro-nf"
 suppress_warnings = ["myst.header"]
 
 # Benchmark tables are generated from the JSON the benchmark scripts write, never typed by hand.
-gen_benchmarks.write_all(ROOT / "benchmarks" / "results", Path(__file__).resolve().parent / "_generated")
+gen_benchmarks.write_all(
+    ROOT / "benchmarks" / "results", Path(__file__).resolve().parent / "_generated"
+)
+# One API page per layer, listing every module of the package (docs/api/ is generated).
+gen_api.write_all(Path(__file__).resolve().parent / "api")

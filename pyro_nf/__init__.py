@@ -19,6 +19,8 @@ The package reads bottom-up; each folder is one layer and imports only from the 
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.machinery
 import sys
 
 from . import (
@@ -74,9 +76,10 @@ __version__ = "0.1.0"
 #: pyro_nf.psis`` and ``from pyro_nf.guides import FlowGuide`` keep working through these
 #: aliases. ``pyro_nf.train`` is the function :func:`train`; its module is :mod:`pyro_nf.training`.
 MOVED_MODULES: dict[str, str] = {
+    "pyro_nf._validation": "pyro_nf.utils.validation",
     "pyro_nf.distributed": "pyro_nf.vae.distributed",
     "pyro_nf.distribution": "pyro_nf.flows.distribution",
-    "pyro_nf.flow": "pyro_nf.flows.flow",
+    "pyro_nf.flow": "pyro_nf.flows",
     "pyro_nf.guides": "pyro_nf.infer.guides",
     "pyro_nf.laplace": "pyro_nf.infer.laplace",
     "pyro_nf.layers": "pyro_nf.flows.layers",
@@ -91,12 +94,26 @@ MOVED_MODULES: dict[str, str] = {
 }
 
 
-def _alias_moved_modules() -> None:
-    for old, new in MOVED_MODULES.items():
-        sys.modules.setdefault(old, importlib.import_module(new))
+class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Imports an old module path (``MOVED_MODULES``) as the module that now lives elsewhere.
+
+    Lazy: nothing is imported until the old path is, so ``python -m pyro_nf.vae.distributed``
+    and the import time of ``pyro_nf`` are unaffected.
+    """
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None):
+        if fullname not in MOVED_MODULES:
+            return None
+        return importlib.machinery.ModuleSpec(fullname, self)
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec):
+        return importlib.import_module(MOVED_MODULES[spec.name])
+
+    def exec_module(self, module: object) -> None:
+        pass
 
 
-_alias_moved_modules()
+sys.meta_path.append(_MovedModuleFinder())
 
 
 def __getattr__(name: str):

@@ -18,7 +18,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,42 +42,53 @@ class CLIError(Exception):
 
 
 def _demo_energies(out: Path, steps: int, seed: int) -> list[dict[str, Any]]:
-    import torch
-
-    import pyro_nf
-
-    from .density.reverse_kl import fit_reverse_kl, kl_estimate
+    """Fit planar, radial and IAF flows to U1 and U2 by reverse KL; plot them, return the rows."""
     from .density.targets import get_target
+    from .flows.builders import iaf, planar, radial
 
     rows, fitted = [], []
     for energy in ("U1", "U2"):
         target = get_target(energy)
-        for family, builder in (
-            ("planar", pyro_nf.planar),
-            ("radial", pyro_nf.radial),
-            ("iaf", pyro_nf.iaf),
-        ):
+        for family, builder in (("planar", planar), ("radial", radial), ("iaf", iaf)):
             depth = 4 if family == "iaf" else 16
-            torch.manual_seed(seed)
-            flow = builder(2, depth=depth)
-            start = time.perf_counter()
-            fit_reverse_kl(flow, target, steps=steps, progress=False)
-            elapsed = time.perf_counter() - start
-            kl, se, _ = kl_estimate(flow, target, num_samples=20000)
-            rows.append(
-                {
-                    "problem": f"{energy} (log Z = {target.log_normalizer:.4f})",
-                    "method": f"{family} K={depth}",
-                    "KL(q||p) nats": f"{float(kl):.4f} ± {float(se):.4f}",
-                    "time s": f"{elapsed:.1f}",
-                }
-            )
+            row, flow = _fit_energy(energy, target, family, builder, depth, steps, seed)
+            rows.append(row)
             fitted.append((energy, family, depth, target, flow))
     _plot_energies(fitted, out / "demo_energies.png")
     return rows
 
 
+def _fit_energy(
+    energy: str,
+    target: Any,
+    family: str,
+    builder: Callable[..., Any],
+    depth: int,
+    steps: int,
+    seed: int,
+) -> tuple[dict[str, Any], Any]:
+    """Fit one seeded 2D flow to ``target`` by reverse KL: its table row and the fitted flow."""
+    import torch
+
+    from .density.reverse_kl import fit_reverse_kl, kl_estimate
+
+    torch.manual_seed(seed)
+    flow = builder(2, depth=depth)
+    start = time.perf_counter()
+    fit_reverse_kl(flow, target, steps=steps, progress=False)
+    elapsed = time.perf_counter() - start
+    kl, se, _ = kl_estimate(flow, target, num_samples=20000)
+    row = {
+        "problem": f"{energy} (log Z = {target.log_normalizer:.4f})",
+        "method": f"{family} K={depth}",
+        "KL(q||p) nats": f"{float(kl):.4f} ± {float(se):.4f}",
+        "time s": f"{elapsed:.1f}",
+    }
+    return row, flow
+
+
 def _plot_energies(fitted: list, path: Path) -> None:
+    """One row of panels per energy: the target, then each fitted flow's density."""
     try:
         import matplotlib
 
@@ -108,6 +119,7 @@ EIGHT_SCHOOLS_SIGMA = [15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0]
 
 
 def _eight_schools(y: Any, sigma: Any) -> None:
+    """The non-centered eight schools model, as a Pyro model."""
     import pyro
     import pyro.distributions as dist
 
@@ -119,53 +131,72 @@ def _eight_schools(y: Any, sigma: Any) -> None:
 
 
 def _demo_bayes(out: Path, steps: int, seed: int) -> list[dict[str, Any]]:
-    import pyro
+    """Fit Pyro's autoguides and flow guides to eight schools; plot tau, return the rows."""
     import torch
-    from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
-
-    import pyro_nf
 
     y, sigma = torch.tensor(EIGHT_SCHOOLS_Y), torch.tensor(EIGHT_SCHOOLS_SIGMA)
-    guides = {
-        "Pyro AutoNormal": lambda: AutoNormal(_eight_schools),
-        "Pyro AutoMultivariateNormal": lambda: AutoMultivariateNormal(_eight_schools),
-        "pyro-nf FlowGuide (IAF)": lambda: pyro_nf.FlowGuide(_eight_schools, flow="iaf"),
-        "pyro-nf FlowGuide (planar)": lambda: pyro_nf.FlowGuide(_eight_schools, flow="planar"),
-    }
     rows, taus = [], {}
-    for name, make in guides.items():
-        pyro.clear_param_store()
-        pyro.set_rng_seed(seed)
-        guide = make()
-        start = time.perf_counter()
-        pyro_nf.fit(
-            _eight_schools,
-            guide,
-            y,
-            sigma,
-            steps=steps,
-            num_particles=8,
-            progress=False,
-            early_stopping=None,
-        )
-        elapsed = time.perf_counter() - start
-        report = pyro_nf.diagnose(_eight_schools, guide, y, sigma, num_samples=2000)
-        rows.append(
-            {
-                "problem": "eight schools (non-centered)",
-                "method": name,
-                "ELBO": f"{report.elbo:.3f} ± {report.elbo_se:.3f}",
-                "k-hat": f"{report.khat:.2f} ({report.verdict})",
-                "time s": f"{elapsed:.1f}",
-            }
-        )
-        with torch.no_grad():
-            taus[name] = torch.stack([guide()["tau"] for _ in range(2000)]).reshape(-1)
+    for name, make in _eight_schools_guides().items():
+        row, taus[name] = _fit_guide(name, make, y, sigma, steps, seed)
+        rows.append(row)
     _plot_taus(taus, out / "demo_eight_schools.png")
     return rows
 
 
+def _eight_schools_guides() -> dict[str, Callable[[], Any]]:
+    """The guides the demo compares, by table name: each a factory of a fresh guide."""
+    from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
+
+    from .infer.guides import FlowGuide
+
+    return {
+        "Pyro AutoNormal": lambda: AutoNormal(_eight_schools),
+        "Pyro AutoMultivariateNormal": lambda: AutoMultivariateNormal(_eight_schools),
+        "pyro-nf FlowGuide (IAF)": lambda: FlowGuide(_eight_schools, flow="iaf"),
+        "pyro-nf FlowGuide (planar)": lambda: FlowGuide(_eight_schools, flow="planar"),
+    }
+
+
+def _fit_guide(
+    name: str, make: Callable[[], Any], y: Any, sigma: Any, steps: int, seed: int
+) -> tuple[dict[str, Any], Any]:
+    """Fit one seeded guide to eight schools: its table row and 2000 posterior draws of tau."""
+    import pyro
+    import torch
+
+    from .diagnostics.report import diagnose
+    from .infer.svi import fit
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    guide = make()
+    start = time.perf_counter()
+    fit(
+        _eight_schools,
+        guide,
+        y,
+        sigma,
+        steps=steps,
+        num_particles=8,
+        progress=False,
+        early_stopping=None,
+    )
+    elapsed = time.perf_counter() - start
+    report = diagnose(_eight_schools, guide, y, sigma, num_samples=2000)
+    row = {
+        "problem": "eight schools (non-centered)",
+        "method": name,
+        "ELBO": f"{report.elbo:.3f} ± {report.elbo_se:.3f}",
+        "k-hat": f"{report.khat:.2f} ({report.verdict})",
+        "time s": f"{elapsed:.1f}",
+    }
+    with torch.no_grad():
+        tau = torch.stack([guide()["tau"] for _ in range(2000)]).reshape(-1)
+    return row, tau
+
+
 def _plot_taus(taus: dict, path: Path) -> None:
+    """Overlaid histograms of each guide's posterior draws of tau."""
     try:
         import matplotlib
 
@@ -185,6 +216,7 @@ def _plot_taus(taus: dict, path: Path) -> None:
 
 
 def _print_table(rows: list[dict[str, Any]]) -> str:
+    """Print ``rows`` as an aligned text table (columns in order of appearance); return it."""
     keys: list[str] = []
     for row in rows:
         keys += [k for k in row if k not in keys]
@@ -200,6 +232,7 @@ def _print_table(rows: list[dict[str, Any]]) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """``pyro-nf demo``: the energies and eight schools comparisons, tables, PNGs and JSON."""
     import logging
 
     import torch
@@ -229,6 +262,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _read_csv(path: str) -> Any:
+    """The numeric rows of a CSV file (an optional header line skipped) as a float64 tensor."""
     import torch
 
     p = Path(path)
@@ -256,6 +290,7 @@ def _read_csv(path: str) -> Any:
 
 
 def cmd_fit_density(args: argparse.Namespace) -> int:
+    """``pyro-nf fit-density``: fit a flow to a CSV file by maximum likelihood and save it."""
     import torch
 
     from .density.estimator import DensityEstimator
@@ -291,6 +326,7 @@ def cmd_fit_density(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    """``pyro-nf sample``: draw samples from a saved density model, as CSV."""
     import torch
 
     from .density.estimator import DensityEstimator
@@ -321,6 +357,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
+    """``pyro-nf bench``: run a benchmark script of a source checkout, passing ``extra`` on."""
     root = Path(__file__).resolve().parents[1] / "benchmarks"
     script = root / BENCHMARKS[args.name]
     if not script.is_file():
@@ -335,6 +372,7 @@ def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _out_dir(path: str) -> Path:
+    """The output directory ``path``, created if needed; a CLIError unless it is writable."""
     out = Path(path)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -346,6 +384,7 @@ def _out_dir(path: str) -> Path:
 
 
 def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
     try:
         value = int(text)
     except ValueError:
@@ -356,6 +395,7 @@ def _positive_int(text: str) -> int:
 
 
 def _fraction(text: str) -> float:
+    """argparse type: a number strictly between 0 and 1."""
     try:
         value = float(text)
     except ValueError:
@@ -366,12 +406,21 @@ def _fraction(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``pyro-nf`` argument parser with its four subcommands."""
     parser = argparse.ArgumentParser(
         prog="pyro-nf",
         description="Normalizing flows for Pyro: demo, density fitting, sampling, benchmarks.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_demo_parser(sub)
+    _add_fit_density_parser(sub)
+    _add_sample_parser(sub)
+    _add_bench_parser(sub)
+    return parser
 
+
+def _add_demo_parser(sub: Any) -> None:
+    """The ``demo`` subcommand and its options."""
     demo = sub.add_parser(
         "demo",
         help="fit flows on built-in problems; print a table, write PNGs",
@@ -389,6 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quick", action="store_true", help="a few hundred steps (smoke test)")
 
+
+def _add_fit_density_parser(sub: Any) -> None:
+    """The ``fit-density`` subcommand and its options."""
     fit = sub.add_parser(
         "fit-density",
         help="fit a flow to a CSV file by maximum likelihood",
@@ -409,6 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
 
+
+def _add_sample_parser(sub: Any) -> None:
+    """The ``sample`` subcommand and its options."""
     sample = sub.add_parser(
         "sample",
         help="draw samples from a fitted density model",
@@ -419,16 +474,19 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", help="CSV output file (default: stdout)")
     sample.add_argument("--seed", type=int, default=0)
 
+
+def _add_bench_parser(sub: Any) -> None:
+    """The ``bench`` subcommand; its further arguments are passed on to the script."""
     bench = sub.add_parser(
         "bench",
         help="run a benchmark script (from a source checkout)",
         description="Run benchmarks/<name>.py; further arguments (e.g. --quick) are passed on.",
     )
     bench.add_argument("name", choices=sorted(BENCHMARKS))
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``pyro-nf`` command with ``argv``; return its exit status (2 on a user error)."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "bench":

@@ -63,23 +63,23 @@ import numpy as np
 import torch
 
 __all__ = [
-    "Splits",
+    "CALTECH_SILHOUETTES_FILE",
+    "FREY_FACES_FILE",
+    "GERMAN_CREDIT_FILE",
     "LabelledSplits",
+    "MNIST_FILE",
+    "SONAR_FILE",
+    "Splits",
     "TabularData",
     "default_data_dir",
-    "seeded_split_indices",
-    "random_subset",
-    "load_static_mnist",
-    "load_frey_faces",
     "load_caltech_silhouettes",
     "load_digits",
+    "load_frey_faces",
     "load_german_credit",
     "load_sonar",
-    "MNIST_FILE",
-    "FREY_FACES_FILE",
-    "CALTECH_SILHOUETTES_FILE",
-    "GERMAN_CREDIT_FILE",
-    "SONAR_FILE",
+    "load_static_mnist",
+    "random_subset",
+    "seeded_split_indices",
 ]
 
 PathLike = str | os.PathLike
@@ -264,6 +264,7 @@ def _resolve(path: PathLike | None, filename: str) -> Path:
 
 
 def _sha256(file: Path) -> str:
+    """The hex sha256 digest of ``file``, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(file, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -272,6 +273,7 @@ def _sha256(file: Path) -> str:
 
 
 def _verify(file: Path, filename: str) -> None:
+    """Raise :class:`ValueError` unless ``file`` has the sha256 checksum of ``filename``."""
     expected = SHA256[filename]
     found = _sha256(file)
     if found != expected:
@@ -282,12 +284,28 @@ def _verify(file: Path, filename: str) -> None:
         )
 
 
+def _open_canonical(path: PathLike | None, filename: str, verify: bool) -> Path:
+    """The canonical file ``filename`` found from ``path``, its checksum checked if ``verify``."""
+    file = _resolve(path, filename)
+    if verify:
+        _verify(file, filename)
+    return file
+
+
 def _load_npz(file: Path, expected: dict[str, tuple[tuple[int | None, ...], str]]) -> dict:
     """Read an ``.npz`` without pickles and check its keys, shapes and dtype kinds.
 
     ``expected`` maps key -> (shape with ``None`` for any size, numpy dtype string or kind
     letter such as ``"U"``).
     """
+    arrays = _read_npz_arrays(file, expected)
+    for key, (shape, dtype) in expected.items():
+        _check_array(file, key, arrays[key], shape, dtype)
+    return arrays
+
+
+def _read_npz_arrays(file: Path, expected: dict) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` archive ``file``, whose keys must be those of ``expected``."""
     try:
         z = np.load(file, allow_pickle=False)
     except Exception as e:  # any failure to parse means the file is malformed
@@ -305,28 +323,32 @@ def _load_npz(file: Path, expected: dict[str, tuple[tuple[int | None, ...], str]
         if keys != want:
             raise ValueError(f"{file}: malformed file: expected keys {want}, found keys {keys}")
         try:
-            arrays = {k: z[k] for k in want}
+            return {k: z[k] for k in want}
         except Exception as e:
             raise ValueError(
                 f"{file}: malformed file: an array in the .npz archive could not be read "
                 f"({type(e).__name__}: {e})"
             ) from e
-    for key, (shape, dtype) in expected.items():
-        a = arrays[key]
-        ok_dtype = a.dtype.kind == dtype if len(dtype) == 1 else a.dtype == np.dtype(dtype)
-        ok_shape = a.ndim == len(shape) and all(
-            s is None or s == t for s, t in zip(shape, a.shape, strict=True)
+
+
+def _check_array(
+    file: Path, key: str, a: np.ndarray, shape: tuple[int | None, ...], dtype: str
+) -> None:
+    """Raise :class:`ValueError` unless ``a`` (under ``key``) has ``shape`` and ``dtype``."""
+    ok_dtype = a.dtype.kind == dtype if len(dtype) == 1 else a.dtype == np.dtype(dtype)
+    ok_shape = a.ndim == len(shape) and all(
+        s is None or s == t for s, t in zip(shape, a.shape, strict=True)
+    )
+    if not (ok_dtype and ok_shape):
+        want_shape = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
+        raise ValueError(
+            f"{file}: malformed file: key {key!r}: expected dtype {dtype} and shape "
+            f"{want_shape}, found dtype {a.dtype} and shape {a.shape}"
         )
-        if not (ok_dtype and ok_shape):
-            want_shape = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
-            raise ValueError(
-                f"{file}: malformed file: key {key!r}: expected dtype {dtype} and shape "
-                f"{want_shape}, found dtype {a.dtype} and shape {a.shape}"
-            )
-    return arrays
 
 
 def _read_text(file: Path) -> str:
+    """The contents of ``file`` as ASCII text (non-text bytes are a malformed file)."""
     try:
         return file.read_bytes().decode("ascii")
     except UnicodeDecodeError as e:
@@ -335,12 +357,19 @@ def _read_text(file: Path) -> str:
         ) from e
 
 
+def _text_rows(file: Path, sep: str | None) -> list[list[str]]:
+    """The non-blank lines of the text file ``file``, each stripped and split at ``sep``."""
+    return [line.strip().split(sep) for line in _read_text(file).splitlines() if line.strip()]
+
+
 def _check_float_dtype(dtype: torch.dtype) -> None:
+    """Raise :class:`ValueError` unless ``dtype`` is a floating torch dtype."""
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"dtype: expected a floating torch.dtype, got {dtype!r}")
 
 
 def _check_seed(seed: Any) -> int:
+    """``seed`` as an ``int``; raise :class:`ValueError` unless it is a non-negative integer."""
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
     return int(seed)
@@ -376,8 +405,8 @@ def random_subset(x: torch.Tensor, n: int | None, seed: int = 0) -> torch.Tensor
     permutation, first ``n``), or all of ``x`` when ``n`` is ``None`` or ``>= len(x)``.
 
     Never evaluate on the *first* ``n`` rows of an ordered split: the MNIST test set (and so
-    static binarized MNIST's) puts the cleaner writers first, and a diagonal-Gaussian VAE's
-    ELBO on its first 2000 images is about 24 nats better than on the whole set.
+    static binarized MNIST's) puts the cleaner writers first, so a VAE's ELBO on its first
+    images is markedly better than on the whole set.
 
     Example:
         >>> x = torch.arange(10).unsqueeze(-1)
@@ -393,7 +422,34 @@ def random_subset(x: torch.Tensor, n: int | None, seed: int = 0) -> torch.Tensor
 
 
 def _to_tensor(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """``a`` as a (contiguous) torch tensor of ``dtype``."""
     return torch.from_numpy(np.ascontiguousarray(a)).to(dtype)
+
+
+def _seeded_splits(
+    x: np.ndarray, sizes: tuple[int, int, int], seed: int, dtype: torch.dtype
+) -> Splits:
+    """The rows of ``x`` split by :func:`seeded_split_indices`, as tensors of ``dtype``."""
+    idx = seeded_split_indices(len(x), sizes, seed)
+    return Splits(*(_to_tensor(x[i], dtype) for i in idx))
+
+
+def _seeded_labelled_splits(
+    x: np.ndarray,
+    labels: np.ndarray,
+    sizes: tuple[int, int, int],
+    seed: int,
+    dtype: torch.dtype,
+    classnames: tuple[str, ...],
+) -> LabelledSplits:
+    """Rows of ``x`` (as ``dtype``) and their ``int64`` ``labels``, split by
+    :func:`seeded_split_indices`."""
+    idx = seeded_split_indices(len(x), sizes, seed)
+    return LabelledSplits(
+        *(_to_tensor(x[i], dtype) for i in idx),
+        *(torch.from_numpy(labels[i]) for i in idx),
+        classnames,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -436,9 +492,7 @@ def load_static_mnist(
         ...     assert mnist.train.shape[1] == 784
     """
     _check_float_dtype(dtype)
-    file = _resolve(path, MNIST_FILE)
-    if verify:
-        _verify(file, MNIST_FILE)
+    file = _open_canonical(path, MNIST_FILE, verify)
     sizes = {"train": 50000, "valid": 10000, "test": 10000}
     arrays = _load_npz(file, {k: ((n, 98), "uint8") for k, n in sizes.items()})
     out = {k: _to_tensor(np.unpackbits(a, axis=1)[:, :784], dtype) for k, a in arrays.items()}
@@ -469,8 +523,7 @@ def load_frey_faces(
         seed: seed of the split (default ``0``).
         scale: if ``True`` (default) divide the grey levels by 255 so values lie in [0, 1]; if
             ``False`` return the raw grey levels 0..255 (integer-valued), e.g. for a
-            discretized likelihood. With ``scale=False`` an integer ``dtype`` such as
-            ``torch.uint8`` or ``torch.int64`` is allowed.
+            discretized likelihood; then an integer ``dtype`` such as ``torch.uint8`` is allowed.
         dtype: dtype of the returned tensors (floating unless ``scale=False``).
         verify: check the file's sha256 checksum first.
 
@@ -490,19 +543,19 @@ def load_frey_faces(
         ...     raw = load_frey_faces(data_dir, scale=False, dtype=torch.uint8)
         ...     assert raw.train.dtype == torch.uint8
     """
+    _check_frey_dtype(dtype, scale)
+    seed = _check_seed(seed)
+    file = _open_canonical(path, FREY_FACES_FILE, verify)
+    x = _load_npz(file, {"x": ((1965, 28, 20), "uint8")})["x"].reshape(1965, 560)
+    return _seeded_splits(x / 255.0 if scale else x, (1565, 200, 200), seed, dtype)
+
+
+def _check_frey_dtype(dtype: torch.dtype, scale: bool) -> None:
+    """Raise unless ``dtype`` is floating (``scale=True``) or real, not bool (``scale=False``)."""
     if scale:
         _check_float_dtype(dtype)
     elif not isinstance(dtype, torch.dtype) or dtype.is_complex or dtype == torch.bool:
         raise ValueError(f"dtype: expected a real torch.dtype, got {dtype!r}")
-    seed = _check_seed(seed)
-    file = _resolve(path, FREY_FACES_FILE)
-    if verify:
-        _verify(file, FREY_FACES_FILE)
-    x = _load_npz(file, {"x": ((1965, 28, 20), "uint8")})["x"].reshape(1965, 560)
-    values = x / 255.0 if scale else x
-    return Splits(
-        *(_to_tensor(values[i], dtype) for i in seeded_split_indices(1965, (1565, 200, 200), seed))
-    )
 
 
 def load_caltech_silhouettes(
@@ -517,18 +570,14 @@ def load_caltech_silhouettes(
     All 8671 silhouettes of the 101 classes. The canonical file ``caltech101_silhouettes_28.npz``
     (keys ``x_packbits`` ``uint8`` ``(8671, 98)`` packed bits, ``y`` class 1..101,
     ``classnames`` ``(101,)`` strings) was converted from
-    ``datasets/caltech101_silhouettes_28.mat`` in AshaNarayana/MLP_Assignment.
-
-    Transformation: in the file each image is stored column-major with the object as 0 and the
-    background as 1. We return it **row-major and upright with foreground (the object) = 1**:
-    ``x = 1 - bits.reshape(-1, 28, 28, order="F").reshape(-1, 784)``, so ``x.view(-1, 28, 28)``
-    shows the object as ones. (sylvester-flows also uses ``1 - x``, so its pixel values match
-    ours, up to the pixel order, which matters only to convolutional models.)
+    ``datasets/caltech101_silhouettes_28.mat`` in AshaNarayana/MLP_Assignment. The file stores
+    each image column-major with the object as 0 and the background as 1; we return it
+    **row-major and upright with foreground (the object) = 1**:
+    ``x = 1 - bits.reshape(-1, 28, 28, order="F").reshape(-1, 784)``.
 
     Split: the standard "split1" has sizes 4100/2264/2307 but its indices are not available,
     so this is a seeded substitute with the same sizes, made by :func:`seeded_split_indices`
-    (``numpy.random.default_rng(seed).permutation(8671)``; not stratified). Numbers are not
-    directly comparable with published split1 results.
+    (not stratified). Numbers are not directly comparable with published split1 results.
 
     Args:
         path: the ``.npz`` file, or a directory containing it under its canonical name
@@ -554,9 +603,13 @@ def load_caltech_silhouettes(
     """
     _check_float_dtype(dtype)
     seed = _check_seed(seed)
-    file = _resolve(path, CALTECH_SILHOUETTES_FILE)
-    if verify:
-        _verify(file, CALTECH_SILHOUETTES_FILE)
+    file = _open_canonical(path, CALTECH_SILHOUETTES_FILE, verify)
+    x, labels, classnames = _read_caltech(file)
+    return _seeded_labelled_splits(x, labels, (4100, 2264, 2307), seed, dtype, classnames)
+
+
+def _read_caltech(file: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Images ``(8671, 784)`` in {0, 1}, ``int64`` labels 0..100 and the 101 class names."""
     arrays = _load_npz(
         file,
         {
@@ -571,15 +624,18 @@ def load_caltech_silhouettes(
             f"{file}: malformed file: key 'y': expected class labels in 1..101, found values in "
             f"{y.min()}..{y.max()}"
         )
-    bits = np.unpackbits(arrays["x_packbits"], axis=1)[:, :784]
-    x = 1 - bits.reshape(-1, 28, 28, order="F").reshape(-1, 784)
-    classnames = tuple(str(c) for c in arrays["classnames"])
-    idx = seeded_split_indices(8671, (4100, 2264, 2307), seed)
-    return LabelledSplits(
-        *(_to_tensor(x[i], dtype) for i in idx),
-        *(torch.from_numpy(y[i] - 1) for i in idx),
-        classnames,
-    )
+    x = _caltech_pixels(arrays["x_packbits"])
+    return x, y - 1, tuple(str(c) for c in arrays["classnames"])
+
+
+def _caltech_pixels(packed: np.ndarray) -> np.ndarray:
+    """Packed column-major silhouettes (object 0) to row-major rows with the object as 1.
+
+    sylvester-flows also uses ``1 - x``, so its pixel values match ours, up to the pixel order,
+    which matters only to convolutional models.
+    """
+    bits = np.unpackbits(packed, axis=1)[:, :784]
+    return 1 - bits.reshape(-1, 28, 28, order="F").reshape(-1, 784)
 
 
 def load_digits(
@@ -627,6 +683,16 @@ def load_digits(
     seed = _check_seed(seed)
     if stochastic and not binarize:
         raise ValueError("stochastic: stochastic=True needs binarize=True")
+    x, y = _sklearn_digits()
+    if binarize:
+        x = _binarize(x, stochastic, seed)
+    classnames = tuple(str(k) for k in range(10))
+    return _seeded_labelled_splits(x, y, (1197, 300, 300), seed, dtype, classnames)
+
+
+def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1797 digits: ``float64`` pixels in [0, 1] (grey level / 16), ``int64``
+    labels."""
     try:
         from sklearn.datasets import load_digits as _sk_load_digits
     except ImportError as e:
@@ -642,17 +708,15 @@ def load_digits(
             f"sklearn.datasets.load_digits: expected shapes (1797, 64) and (1797,), found "
             f"{x.shape} and {y.shape}"
         )
-    if binarize:
-        if stochastic:
-            x = (np.random.default_rng(seed + 1).random(x.shape) < x).astype(np.float64)
-        else:
-            x = (x > 0.5).astype(np.float64)
-    idx = seeded_split_indices(1797, (1197, 300, 300), seed)
-    return LabelledSplits(
-        *(_to_tensor(x[i], dtype) for i in idx),
-        *(torch.from_numpy(y[i]) for i in idx),
-        tuple(str(k) for k in range(10)),
-    )
+    return x, y
+
+
+def _binarize(x: np.ndarray, stochastic: bool, seed: int) -> np.ndarray:
+    """{0, 1} pixels: one Bernoulli(``x``) draw each from ``default_rng(seed + 1)``
+    (``stochastic``), else ``x > 0.5``."""
+    if stochastic:
+        return (np.random.default_rng(seed + 1).random(x.shape) < x).astype(np.float64)
+    return (x > 0.5).astype(np.float64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -673,8 +737,7 @@ def load_german_credit(
     1000 applicants, 24 numeric features (the 20 original attributes with the categorical ones
     indicator-coded by the UCI maintainers; the numeric columns are not individually named in
     ``german.doc``), label in the last column: 1 = good, 2 = bad. The canonical file
-    ``german.data-numeric`` is whitespace-separated text from the UCI repository (its checksum
-    matches the one TFDS registers).
+    ``german.data-numeric`` is whitespace-separated UCI text (checksum as registered by TFDS).
 
     By default the features are returned **raw** (unstandardized; their scales differ by orders
     of magnitude, useful to test robustness to bad scaling). The standard Bayesian logistic
@@ -707,11 +770,15 @@ def load_german_credit(
         ...     assert g.x.shape == (1000, 25) and g.feature_names[-1] == "intercept"
     """
     _check_float_dtype(dtype)
-    file = _resolve(path, GERMAN_CREDIT_FILE)
-    if verify:
-        _verify(file, GERMAN_CREDIT_FILE)
-    text = _read_text(file)
-    rows = [line.split() for line in text.splitlines() if line.strip()]
+    file = _open_canonical(path, GERMAN_CREDIT_FILE, verify)
+    x, y = _read_german_credit(file)
+    x, names = _design_matrix(file, x, standardize, intercept)
+    return TabularData(_to_tensor(x, dtype), _to_tensor(y, dtype), names)
+
+
+def _read_german_credit(file: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The raw features ``(1000, 24)`` and the labels ``(1000,)`` (1 = bad, 0 = good)."""
+    rows = _text_rows(file, None)
     data = _parse_rows(file, rows, n_rows=1000, n_cols=25, what="whitespace-separated")
     labels = data[:, -1]
     if not np.isin(labels, (1.0, 2.0)).all():
@@ -719,7 +786,14 @@ def load_german_credit(
         raise ValueError(
             f"{file}: malformed file: expected labels 1 or 2 in the last column, found {bad}"
         )
-    x = data[:, :-1]
+    return data[:, :-1], (labels == 2.0).astype(np.float64)
+
+
+def _design_matrix(
+    file: Path, x: np.ndarray, standardize: bool, intercept: bool
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """The German credit features, optionally standardized and with a final column of ones,
+    and the column names."""
     names = [f"a{j:02d}" for j in range(1, 25)]
     if standardize:
         std = x.std(axis=0)
@@ -730,8 +804,7 @@ def load_german_credit(
     if intercept:
         x = np.concatenate([x, np.ones((x.shape[0], 1))], axis=1)
         names.append("intercept")
-    y = (labels == 2.0).astype(np.float64)
-    return TabularData(_to_tensor(x, dtype), _to_tensor(y, dtype), tuple(names))
+    return x, tuple(names)
 
 
 def load_sonar(
@@ -768,11 +841,15 @@ def load_sonar(
         ...     assert sonar.x.shape == (208, 60) and int(sonar.y.sum()) == 111
     """
     _check_float_dtype(dtype)
-    file = _resolve(path, SONAR_FILE)
-    if verify:
-        _verify(file, SONAR_FILE)
-    text = _read_text(file)
-    rows = [line.strip().split(",") for line in text.splitlines() if line.strip()]
+    file = _open_canonical(path, SONAR_FILE, verify)
+    x, y = _read_sonar(file)
+    names = tuple(f"band{j:02d}" for j in range(1, 61))
+    return TabularData(_to_tensor(x, dtype), _to_tensor(y, dtype), names)
+
+
+def _read_sonar(file: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The features ``(208, 60)`` and the labels ``(208,)`` (1 = M, 0 = R)."""
+    rows = _text_rows(file, ",")
     labels = [r[-1].strip() if r else "" for r in rows]
     bad = sorted({lab for lab in labels if lab not in ("R", "M")})
     if bad:
@@ -780,14 +857,13 @@ def load_sonar(
             f"{file}: malformed file: expected label 'R' or 'M' in the last column, found {bad[:5]}"
         )
     x = _parse_rows(file, [r[:-1] for r in rows], n_rows=208, n_cols=60, what="comma-separated")
-    y = np.array([lab == "M" for lab in labels], dtype=np.float64)
-    names = tuple(f"band{j:02d}" for j in range(1, 61))
-    return TabularData(_to_tensor(x, dtype), _to_tensor(y, dtype), names)
+    return x, np.array([lab == "M" for lab in labels], dtype=np.float64)
 
 
 def _parse_rows(
     file: Path, rows: list[list[str]], n_rows: int, n_cols: int, what: str
 ) -> np.ndarray:
+    """``rows`` as a finite ``float64`` array of shape ``(n_rows, n_cols)``, else a clear error."""
     if len(rows) != n_rows:
         raise ValueError(
             f"{file}: malformed file: expected {n_rows} non-empty rows, found {len(rows)}"

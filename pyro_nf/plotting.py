@@ -21,9 +21,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
-from .density.estimator import density_grid_2d, plot_limits
+from .density.grid import density_grid_2d, plot_limits
 
 __all__ = ["plot_density_2d", "plot_samples_2d", "plot_training_curve"]
 
@@ -82,17 +83,7 @@ def plot_density_2d(
         >>> ax.images[-1].get_array().shape
         (50, 50)
     """
-    xs, ys, log_p = density_grid_2d(target, lim=lim, n=n)
-    log_p = log_p.detach().to("cpu", torch.float64)
-    finite = torch.isfinite(log_p)
-    if not bool(finite.any()):
-        raise ValueError(
-            "target: expected a log-density that is finite somewhere on the grid, "
-            "got no finite value"
-        )
-    top = float(log_p[finite].max())
-    log_p = torch.where(finite, log_p, torch.full_like(log_p, -math.inf))
-    values = log_p.clamp_min(top + log_floor) if log else log_p.exp()
+    values = _density_values(target, lim, n, log, log_floor)
     ax = _axes(ax)
     (xlo, xhi), (ylo, yhi) = plot_limits(lim)
     image = ax.imshow(
@@ -103,10 +94,37 @@ def plot_density_2d(
         aspect="auto",
         interpolation="nearest",
     )
-    ax.set_xlim(xlo, xhi)
-    ax.set_ylim(ylo, yhi)
+    _set_limits(ax, lim)
     if colorbar:
         ax.figure.colorbar(image, ax=ax, label="log density" if log else "density")
+    return _titled(ax, title)
+
+
+def _density_values(target: Any, lim: Any, n: int, log: bool, log_floor: float) -> torch.Tensor:
+    r"""The heatmap's ``(n, n)`` values (float64, CPU): :math:`p`, or :math:`\log p` clipped
+    below at ``max + log_floor``; non-finite log-densities count as :math:`-\infty`."""
+    _, _, log_p = density_grid_2d(target, lim=lim, n=n)
+    log_p = log_p.detach().to("cpu", torch.float64)
+    finite = torch.isfinite(log_p)
+    if not bool(finite.any()):
+        raise ValueError(
+            "target: expected a log-density that is finite somewhere on the grid, "
+            "got no finite value"
+        )
+    top = float(log_p[finite].max())
+    log_p = torch.where(finite, log_p, torch.full_like(log_p, -math.inf))
+    return log_p.clamp_min(top + log_floor) if log else log_p.exp()
+
+
+def _set_limits(ax: Any, lim: Any) -> None:
+    """Set both axes' limits from ``lim`` (see :func:`pyro_nf.density.plot_limits`)."""
+    (xlo, xhi), (ylo, yhi) = plot_limits(lim)
+    ax.set_xlim(xlo, xhi)
+    ax.set_ylim(ylo, yhi)
+
+
+def _titled(ax: Any, title: str | None) -> Any:
+    """Set the title of ``ax`` unless it is ``None``; return ``ax``."""
     if title is not None:
         ax.set_title(title)
     return ax
@@ -140,12 +158,20 @@ def plot_samples_2d(
         >>> ax.collections[-1].get_offsets().shape
         (100, 2)
     """
+    pts = _as_points(samples)
+    ax = _axes(ax)
+    ax.scatter(pts[:, 0], pts[:, 1], s=s, alpha=alpha, color=color, linewidths=0)
+    if lim is not None:
+        _set_limits(ax, lim)
+    return _titled(ax, title)
+
+
+def _as_points(samples: Any) -> np.ndarray:
+    """``samples`` as a float64 numpy array of shape ``(N, 2)``, else ``ValueError``."""
     if isinstance(samples, torch.Tensor):
         pts = samples.detach().to("cpu", torch.float64).numpy()
     else:
         try:
-            import numpy as np
-
             pts = np.asarray(samples, dtype=float)
         except (TypeError, ValueError) as e:
             raise ValueError(
@@ -153,15 +179,7 @@ def plot_samples_2d(
             ) from e
     if pts.ndim != 2 or pts.shape[1] != 2:
         raise ValueError(f"samples: expected an array of shape (N, 2), got shape {pts.shape}")
-    ax = _axes(ax)
-    ax.scatter(pts[:, 0], pts[:, 1], s=s, alpha=alpha, color=color, linewidths=0)
-    if lim is not None:
-        (xlo, xhi), (ylo, yhi) = plot_limits(lim)
-        ax.set_xlim(xlo, xhi)
-        ax.set_ylim(ylo, yhi)
-    if title is not None:
-        ax.set_title(title)
-    return ax
+    return pts
 
 
 def plot_training_curve(
@@ -210,6 +228,4 @@ def plot_training_curve(
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.legend(loc="upper right", fontsize="small")
-    if title is not None:
-        ax.set_title(title)
-    return ax
+    return _titled(ax, title)

@@ -54,20 +54,29 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..flows.distribution import FlowDistribution
 from ..flows.flow import Flow
 from ..flows.registry import build_flow, flow_spec, register_builder
-from ..training.loop import EarlyStopping, History, atomic_save, train
+from ..training.distributed import shard
+from ..training.loop import EarlyStopping, History, train
 from ..utils.validation import check_context, check_event, check_positive_int
+from .data import (
+    FitData,
+    Shuffler,
+    as_tensor,
+    check_fraction,
+    context_standardization,
+    fit_rows,
+    train_val_split,
+)
+from .grid import density_grid_2d, plot_limits
+from .persistence import load_payload_into, read_estimator_file, resolve_flow, write_estimator_file
 
 __all__ = [
     "DensityEstimator",
@@ -80,137 +89,102 @@ __all__ = [
     "train_val_split",
 ]
 
-_FORMAT = "pyro_nf.density/1"
-_DTYPES = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
+
+# -- checks of fit's options ---------------------------------------------------------------------
 
 
-# -- data handling -------------------------------------------------------------------------------
-
-
-def train_val_split(
-    n: int, val_fraction: float = 0.1, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded random split of ``range(n)`` into training and validation indices.
-
-    The validation part has ``max(1, round(val_fraction * n))`` rows (none if ``val_fraction``
-    is 0); both index tensors are sorted, ``int64``, on the CPU.
-
-    Example:
-        >>> tr, va = train_val_split(10, 0.2, seed=0)
-        >>> len(tr), len(va), sorted(tr.tolist() + va.tolist()) == list(range(10))
-        (8, 2, True)
-        >>> torch.equal(va, train_val_split(10, 0.2, seed=0)[1])
-        True
-    """
-    n = check_positive_int("n", n)
-    _check_fraction(val_fraction)
-    n_val = 0 if val_fraction == 0 else max(1, int(round(val_fraction * n)))
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
-    return perm[n_val:].sort().values, perm[:n_val].sort().values
-
-
-def _check_fraction(val_fraction: Any) -> float:
+def _add_weight_decay(train_kwargs: dict[str, Any], weight_decay: Any, lr: float) -> None:
+    """Check ``weight_decay``; when positive, put an AdamW factory into ``train_kwargs``."""
     if (
-        isinstance(val_fraction, bool)
-        or not isinstance(val_fraction, (int, float))
-        or not 0 <= val_fraction < 1
+        isinstance(weight_decay, bool)
+        or not isinstance(weight_decay, (int, float))
+        or not math.isfinite(weight_decay)
+        or weight_decay < 0
     ):
-        raise ValueError(f"val_fraction: expected a float in [0, 1), got {val_fraction!r}")
-    return float(val_fraction)
-
-
-def _as_tensor(name: str, value: Any, ref: torch.Tensor) -> torch.Tensor:
-    """Tensor/array/list -> tensor on ``ref``'s device and dtype (real values only)."""
-    if isinstance(value, np.ndarray) or isinstance(value, (list, tuple)):
-        try:
-            value = torch.as_tensor(np.asarray(value))
-        except (TypeError, ValueError) as e:
+        raise ValueError(f"weight_decay: expected a finite float >= 0, got {weight_decay!r}")
+    if weight_decay > 0:
+        if "optimizer" in train_kwargs:
             raise ValueError(
-                f"{name}: expected a real-valued array, got {type(value).__name__} "
-                f"that cannot be converted ({e})"
-            ) from e
-    if not isinstance(value, torch.Tensor):
-        raise ValueError(
-            f"{name}: expected a torch.Tensor (or numpy array), got {type(value).__name__}"
-        )
-    if value.is_complex() or value.dtype == torch.bool:
-        raise ValueError(f"{name}: expected real-valued data, got dtype {value.dtype}")
-    return value.to(device=ref.device, dtype=ref.dtype)
-
-
-def _check_rows(name: str, value: torch.Tensor, dim: int) -> None:
-    if value.dim() != 2 or value.shape[1] != dim:
-        raise ValueError(
-            f"{name}: expected a tensor of shape (N, {dim}) (N rows of dimension "
-            f"{dim}), got shape {tuple(value.shape)}"
+                "weight_decay: expected 0 when an optimizer is given (set the "
+                f"optimizer's own weight decay), got {weight_decay!r}"
+            )
+        train_kwargs["optimizer"] = lambda ps: torch.optim.AdamW(
+            ps, lr=lr, weight_decay=weight_decay
         )
 
 
-def _clean_rows(
-    x: torch.Tensor, context: torch.Tensor | None, x_name: str, c_name: str, drop: bool
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Raise on (or, with ``drop``, remove with a warning) rows with NaN/inf in x or context."""
-    bad_x = ~torch.isfinite(x).all(-1)
-    bad = bad_x.clone()
-    if context is not None:
-        bad |= ~torch.isfinite(context).all(-1)
-    n_bad = int(bad.sum())
-    if n_bad == 0:
-        return x, context
-    if not drop:
-        where = x_name if bool(bad_x.any()) else c_name
-        rows = torch.nonzero(bad).flatten()[:5].tolist()
-        more = ", ..." if n_bad > 5 else ""
+def _check_fit_options(
+    drop_nonfinite: Any,
+    train_kwargs: dict[str, Any],
+    val_fraction: Any,
+    x_val: Any,
+    context_val: Any,
+) -> float:
+    """Check the remaining options of :meth:`DensityEstimator.fit`; return the validation
+    fraction (0.1 by default)."""
+    if not isinstance(drop_nonfinite, bool):
+        raise ValueError(f"drop_nonfinite: expected a bool, got {drop_nonfinite!r}")
+    for key in ("params", "validate_fn", "loss_fn"):
+        if key in train_kwargs:
+            raise ValueError(f"{key}: set by DensityEstimator.fit, got it in train_kwargs")
+    if x_val is not None and val_fraction is not None:
         raise ValueError(
-            f"{where}: expected finite values, got {n_bad} of {x.shape[0]} rows with NaN or inf "
-            f"(rows {rows}{more}); pass drop_nonfinite=True to drop such rows"
+            "val_fraction: expected None when x_val is given (the validation "
+            f"set is x_val), got {val_fraction!r}"
         )
-    warnings.warn(
-        f"{x_name}: dropped {n_bad} of {x.shape[0]} rows with NaN or inf values "
-        "(drop_nonfinite=True)",
-        UserWarning,
-        stacklevel=3,
-    )
-    keep = ~bad
-    return x[keep], (context[keep] if context is not None else None)
+    frac = 0.1 if val_fraction is None else check_fraction(val_fraction)
+    if x_val is None and context_val is not None:
+        raise ValueError("context_val: expected None without x_val, got a tensor")
+    return frac
 
 
-def _check_not_constant(name: str, x: torch.Tensor, where: str) -> None:
-    mean, std = x.mean(0), x.std(0, unbiased=False)
-    eps = torch.finfo(x.dtype).eps
-    const = std <= 8 * eps * (mean.abs() + torch.finfo(x.dtype).tiny)
-    if bool(const.any()):
-        cols = torch.nonzero(const).flatten()[:10].tolist()
-        raise ValueError(
-            f"{name}: expected every column to vary, got {int(const.sum())} constant column(s) "
-            f"{cols} (zero variance in {where}); a constant column has no density and maximum "
-            "likelihood diverges on it: drop it or add noise (dequantize)"
-        )
+def _default_early_stopping(
+    early_stopping: EarlyStopping | bool | None, validates: bool, validate_every: int
+) -> EarlyStopping | bool | None:
+    """``early_stopping=True`` made concrete: a patience of 20 validations when there is a
+    validation set, else :class:`~pyro_nf.EarlyStopping`'s defaults on the training loss."""
+    if early_stopping is not True:
+        return early_stopping
+    if validates:
+        return EarlyStopping(patience=20 * validate_every, min_delta=1e-4, rel_delta=0.0)
+    return EarlyStopping()
 
 
-class _Shuffler:
-    """Minibatch indices for step ``t``: a fresh seeded permutation every epoch (a pure function
-    of ``t``, so checkpoint/resume gives the same batches)."""
+def _minibatch_nll(
+    est: DensityEstimator, data: FitData, batch_size: int, seed: int
+) -> Callable[[int], torch.Tensor]:
+    """The loss of step ``t``: mean NLL (data scale) of minibatch ``t`` of a seeded shuffle of
+    the training rows (standardized once, with ``est``'s current ``loc``/``scale``).
 
-    def __init__(self, n: int, batch_size: int, seed: int, device: torch.device) -> None:
-        self.n, self.batch_size, self.seed, self.device = n, batch_size, seed, device
-        self.per_epoch = math.ceil(n / batch_size)
-        self.epoch, self.perm = -1, None
+    In a data-parallel run (a ``torch.distributed`` process group with ``world_size > 1``) each
+    rank scores its :func:`~pyro_nf.training.distributed.shard` of the minibatch and
+    :func:`~pyro_nf.training.train` averages the gradients; a single process is unchanged.
+    """
+    xt_std, ct_std = est._to_flow_space(data.x_train), est._context(data.c_train)
+    log_scale = est.scale.log().sum()
+    batches = Shuffler(xt_std.shape[0], batch_size, int(seed), xt_std.device)
 
-    def __call__(self, step: int) -> torch.Tensor | None:
-        if self.batch_size >= self.n:
-            return None  # full batch
-        epoch, i = divmod(step, self.per_epoch)
-        if epoch != self.epoch:
-            gen = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**62)
-            self.perm = torch.randperm(self.n, generator=gen).to(self.device)
-            self.epoch = epoch
-        return self.perm[i * self.batch_size : (i + 1) * self.batch_size]
+    def loss_fn(step: int) -> torch.Tensor:
+        idx = batches(step)
+        if idx is None:  # the full batch; in a data-parallel run, this rank's rows of it
+            xb, cb = shard(xt_std), (None if ct_std is None else shard(ct_std))
+        else:  # minibatch t; in a data-parallel run, this rank's rows of it
+            idx = shard(idx)
+            xb, cb = xt_std[idx], (None if ct_std is None else ct_std[idx])
+        q = FlowDistribution(est.flow, cb, validate_args=False)
+        return log_scale - q.log_prob(xb).mean()
+
+    return loss_fn
+
+
+def _validation_nll(
+    est: DensityEstimator, data: FitData, batch_size: int
+) -> Callable[[], float] | None:
+    """The validation NLL of ``est`` as a function of its current parameters (``None``: no
+    validation rows)."""
+    if data.x_val is None:
+        return None
+    return lambda: est.nll(data.x_val, data.c_val, batch_size=batch_size)
 
 
 # -- the estimator -------------------------------------------------------------------------------
@@ -286,7 +260,7 @@ class DensityEstimator(nn.Module):
 
     def _checked_context(self, context: Any) -> torch.Tensor | None:
         if context is not None and self.context_dim is not None:
-            context = _as_tensor("context", context, self.loc)
+            context = as_tensor("context", context, self.loc)
         return check_context(context, self.context_dim)
 
     # -- public API -----------------------------------------------------------------------------
@@ -319,7 +293,7 @@ class DensityEstimator(nn.Module):
             >>> est.log_prob(torch.randn(2), context=torch.randn(4, 3)).shape  # broadcasting
             torch.Size([4])
         """
-        x = check_event("x", _as_tensor("x", x, self.loc), self.dim)
+        x = check_event("x", as_tensor("x", x, self.loc), self.dim)
         ctx = self._checked_context(context)
         if batch_size is not None:
             batch_size = check_positive_int("batch_size", batch_size)
@@ -388,189 +362,71 @@ class DensityEstimator(nn.Module):
         desc: str = "density",
         **train_kwargs: Any,
     ) -> History:
-        r"""Fit the flow to the rows of ``x`` (shape ``(N, D)``) by maximum likelihood.
-
-        The loss at step ``t`` is the mean NLL (nats per point, data scale) of minibatch ``t``
-        of a seeded per-epoch shuffle. Unless ``val_fraction=0``, a validation set, either
-        ``x_val`` or a seeded ``val_fraction`` split of ``x`` (default 0.1), is scored every
-        ``validate_every`` steps; early stopping monitors it and the parameters with the lowest
-        validation NLL are restored at the end. With ``standardize``, the statistics come from
-        the training rows.
+        r"""Fit the flow to the rows of ``x`` (shape ``(N, D)``) by maximum likelihood: the loss
+        of step ``t`` is the mean NLL (nats per point, data scale) of minibatch ``t`` of a seeded
+        per-epoch shuffle; early stopping watches the validation NLL (best parameters restored).
 
         Args:
-            x: data ``(N, D)`` (tensor or array; converted to the estimator's dtype/device).
-            context: ``(N, H)`` contexts for a conditional (amortized) flow, else ``None``.
-            steps: maximal number of optimizer steps.
-            batch_size: minibatch size (full batch if ``>= N``).
-            lr: Adam learning rate.
-            weight_decay: decoupled weight decay (AdamW) when positive; a regularizer for
-                large flows on small data sets.
-            val_fraction: fraction held out for validation (default 0.1; 0 for none, then early
-                stopping watches the smoothed training loss and nothing is restored).
+            x, context: data ``(N, D)`` and contexts ``(N, H)`` (amortized flows); tensors/arrays.
+            steps, batch_size, lr, weight_decay: maximal number of optimizer steps, minibatch
+                size (full batch if ``>= N``), Adam learning rate, AdamW decay (when positive).
+            val_fraction: seeded fraction of ``x`` held out (default 0.1; 0 for none, then
+                early stopping watches the smoothed training loss and nothing is restored).
             x_val, context_val: an explicit validation set instead of a split.
             early_stopping: ``True`` (patience of 20 validations, ``min_delta=1e-4`` nats), an
                 :class:`~pyro_nf.EarlyStopping`, or ``None``.
-            validate_every: steps between validations.
+            validate_every, eval_batch_size: steps between validations, rows per scoring chunk.
             seed: seed of the split and the shuffles (parameter initialization is the flow's).
             drop_nonfinite: drop rows with NaN/inf (with a warning) instead of raising.
-            eval_batch_size: chunk size for scoring the validation set.
             progress, desc: progress bar.
             train_kwargs: passed to :func:`pyro_nf.training.train` (``lr_schedule``,
                 ``clip_norm``, ``optimizer``, ``checkpoint``, ``callback`` ...).
 
         Returns:
-            The :class:`~pyro_nf.History` (also stored as ``self.history``); ``val_losses``
-            are validation NLLs in nats per point.
+            The :class:`~pyro_nf.History` (also ``self.history``); ``val_losses`` in nats/point.
 
         Raises:
             ValueError: non-finite rows (without ``drop_nonfinite``), a wrong shape, fewer than
             2 training rows (or no validation row), constant columns, a context mismatch.
 
         Example:
-            >>> x = torch.randn(200, 2)
             >>> est = DensityEstimator("diagonal", dim=2)
-            >>> h = est.fit(x, steps=50, lr=0.05, validate_every=10, progress=False)
+            >>> h = est.fit(torch.randn(200, 2), steps=50, lr=0.05, validate_every=10, progress=False)
             >>> [step for step, _ in h.val_losses], h.stop_reason
             ([9, 19, 29, 39, 49], 'max_steps')
-            >>> x[0, 1] = float("nan")
-            >>> est.fit(x, steps=5, progress=False)
-            Traceback (most recent call last):
-            ...
-            ValueError: x: expected finite values, got 1 of 200 rows with NaN or inf (rows [0]); pass drop_nonfinite=True to drop such rows
         """
         steps = check_positive_int("steps", steps)
         batch_size = check_positive_int("batch_size", batch_size)
         validate_every = check_positive_int("validate_every", validate_every)
         eval_batch_size = check_positive_int("eval_batch_size", eval_batch_size)
-        if (
-            isinstance(weight_decay, bool)
-            or not isinstance(weight_decay, (int, float))
-            or not math.isfinite(weight_decay)
-            or weight_decay < 0
-        ):
-            raise ValueError(f"weight_decay: expected a finite float >= 0, got {weight_decay!r}")
-        if weight_decay > 0:
-            if "optimizer" in train_kwargs:
-                raise ValueError(
-                    "weight_decay: expected 0 when an optimizer is given (set the "
-                    f"optimizer's own weight decay), got {weight_decay!r}"
-                )
-            train_kwargs["optimizer"] = lambda ps: torch.optim.AdamW(
-                ps, lr=lr, weight_decay=weight_decay
-            )
-        if not isinstance(drop_nonfinite, bool):
-            raise ValueError(f"drop_nonfinite: expected a bool, got {drop_nonfinite!r}")
-        for key in ("params", "validate_fn", "loss_fn"):
-            if key in train_kwargs:
-                raise ValueError(f"{key}: set by DensityEstimator.fit, got it in train_kwargs")
-        if x_val is not None and val_fraction is not None:
-            raise ValueError(
-                "val_fraction: expected None when x_val is given (the validation "
-                f"set is x_val), got {val_fraction!r}"
-            )
-        frac = 0.1 if val_fraction is None else _check_fraction(val_fraction)
-        if x_val is None and context_val is not None:
-            raise ValueError("context_val: expected None without x_val, got a tensor")
+        _add_weight_decay(train_kwargs, weight_decay, lr)
+        frac = _check_fit_options(drop_nonfinite, train_kwargs, val_fraction, x_val, context_val)
+        data = fit_rows(self, (x, context), (x_val, context_val), frac, seed, drop_nonfinite)
+        self._set_standardization(data)
+        validate_fn = _validation_nll(self, data, eval_batch_size)
+        stopper = _default_early_stopping(early_stopping, validate_fn is not None, validate_every)
+        self.history = train(
+            _minibatch_nll(self, data, batch_size, seed), self.flow, steps, lr=lr,
+            early_stopping=stopper, validate_fn=validate_fn, validate_every=validate_every,
+            progress=progress, desc=desc, **train_kwargs,
+        )  # fmt: skip
+        return self.history
 
-        x, ctx = self._prepare("x", "context", x, context, drop_nonfinite)
-        n = x.shape[0]
-        if x_val is not None:
-            xv, cv = self._prepare("x_val", "context_val", x_val, context_val, drop_nonfinite)
-            if xv.shape[0] < 1:
-                raise ValueError("x_val: expected at least 1 finite row, got none")
-            xt, ct = x, ctx
-            if n < 2:
-                raise ValueError(f"x: expected at least 2 rows, got {n}")
-        else:
-            n_val = 0 if frac == 0 else max(1, int(round(frac * n)))
-            if n - n_val < 2:
-                raise ValueError(
-                    f"x: expected at least {2 + n_val if n_val else 2} rows (2 for training"
-                    f"{f', {n_val} for validation with val_fraction={frac:g}' if n_val else ''}"
-                    f"), got {n}"
-                )
-            tr, va = train_val_split(n, frac, seed)
-            tr, va = tr.to(x.device), va.to(x.device)
-            xt, xv = x[tr], (x[va] if n_val else None)
-            ct = ctx[tr] if ctx is not None else None
-            cv = ctx[va] if ctx is not None and n_val else None
-        _check_not_constant("x", xt, "the training rows")
-
-        with torch.no_grad():
-            if self.standardize:
-                self.loc.copy_(xt.mean(0))
-                self.scale.copy_(xt.std(0, unbiased=False))
-                if ct is not None:
-                    c_std = ct.std(0, unbiased=False)
-                    const = c_std <= 8 * torch.finfo(ct.dtype).eps * (ct.mean(0).abs() + 1e-30)
-                    self.context_loc.copy_(torch.where(const, torch.zeros_like(c_std), ct.mean(0)))
-                    self.context_scale.copy_(torch.where(const, torch.ones_like(c_std), c_std))
-            else:
-                self.loc.zero_()
-                self.scale.fill_(1.0)
-                self.context_loc.zero_()
-                self.context_scale.fill_(1.0)
-        xt_std = self._to_flow_space(xt)
-        ct_std = self._context(ct)
-        log_scale = self.scale.log().sum()
-        batches = _Shuffler(xt.shape[0], batch_size, int(seed), xt.device)
-
-        def loss_fn(step: int) -> torch.Tensor:
-            idx = batches(step)
-            xb = xt_std if idx is None else xt_std[idx]
-            cb = ct_std if idx is None or ct_std is None else ct_std[idx]
-            q = FlowDistribution(self.flow, cb, validate_args=False)
-            return log_scale - q.log_prob(xb).mean()
-
-        validate_fn = None
-        if xv is not None:
-
-            def validate_fn() -> float:
-                return self.nll(xv, cv, batch_size=eval_batch_size)
-
-        if early_stopping is True:
-            early_stopping = (
-                EarlyStopping(patience=20 * validate_every, min_delta=1e-4, rel_delta=0.0)
-                if validate_fn is not None
-                else EarlyStopping()
-            )
-        history = train(
-            loss_fn,
-            self.flow,
-            steps,
-            lr=lr,
-            early_stopping=early_stopping,
-            validate_fn=validate_fn,
-            validate_every=validate_every,
-            progress=progress,
-            desc=desc,
-            **train_kwargs,
-        )
-        self.history = history
-        return history
-
-    def _prepare(
-        self, x_name: str, c_name: str, x: Any, context: Any, drop: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x = _as_tensor(x_name, x, self.loc)
-        _check_rows(x_name, x, self.dim)
-        if self.context_dim is None:
-            if context is not None:
-                check_context(context, None)  # raises, naming `context`
-        else:
-            if context is None:
-                raise ValueError(
-                    f"{c_name}: this flow is amortized (context_dim={self.context_dim}) and "
-                    f"needs a tensor of shape (N, {self.context_dim}), got None"
-                )
-            context = _as_tensor(c_name, context, self.loc)
-            _check_rows(c_name, context, self.context_dim)
-            if context.shape[0] != x.shape[0]:
-                raise ValueError(
-                    f"{c_name}: expected {x.shape[0]} rows (one per row of "
-                    f"{x_name}), got {context.shape[0]}"
-                )
-        return _clean_rows(x, context, x_name, c_name, drop)
+    @torch.no_grad()
+    def _set_standardization(self, data: FitData) -> None:
+        """Set ``loc``/``scale`` (and the context's) from the training rows, or reset them."""
+        if not self.standardize:
+            self.loc.zero_()
+            self.scale.fill_(1.0)
+            self.context_loc.zero_()
+            self.context_scale.fill_(1.0)
+            return
+        self.loc.copy_(data.x_train.mean(0))
+        self.scale.copy_(data.x_train.std(0, unbiased=False))
+        if data.c_train is not None:
+            c_loc, c_scale = context_standardization(data.c_train)
+            self.context_loc.copy_(c_loc)
+            self.context_scale.copy_(c_scale)
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
@@ -578,7 +434,8 @@ class DensityEstimator(nn.Module):
 
         The file holds the flow's spec (if it was built by :func:`build_flow` or from a name),
         the dtype, ``standardize``, the ``state_dict`` (flow parameters and the standardization
-        buffers) and the last fit's history; it loads with ``torch.load(weights_only=True)``.
+        buffers) and the last fit's history; it loads with ``torch.load(weights_only=True)``
+        (the format: :mod:`pyro_nf.density.persistence`).
 
         Example:
             >>> import tempfile, os
@@ -589,17 +446,7 @@ class DensityEstimator(nn.Module):
             >>> torch.equal(DensityEstimator.load(path).log_prob(x), est.log_prob(x))
             True
         """
-        payload = {
-            "format": _FORMAT,
-            "spec": flow_spec(self.flow),
-            "dim": self.dim,
-            "context_dim": self.context_dim,
-            "dtype": str(self.loc.dtype).removeprefix("torch."),
-            "standardize": self.standardize,
-            "state_dict": {k: v.detach() for k, v in self.state_dict().items()},
-            "history": asdict(self.history) if self.history is not None else None,
-        }
-        atomic_save(payload, os.fspath(path))
+        write_estimator_file(self, path)
 
     @classmethod
     def load(
@@ -627,45 +474,9 @@ class DensityEstimator(nn.Module):
             >>> est.dim, est.training
             (2, False)
         """
-        try:
-            blob = torch.load(os.fspath(path), map_location=map_location, weights_only=True)
-        except Exception as e:
-            raise ValueError(
-                f"path: expected a file written by DensityEstimator.save, got "
-                f"{os.fspath(path)!r} which cannot be read as one ({e})"
-            ) from e
-        if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
-            raise ValueError(
-                f"path: expected a DensityEstimator file ({_FORMAT}), got "
-                f"{os.fspath(path)!r} without that format tag"
-            )
-        if flow is None:
-            if blob["spec"] is None:
-                raise ValueError(
-                    "flow: this file holds no flow spec (the flow was built by hand, not by "
-                    "build_flow or a builder name); expected a freshly built Flow of the saved "
-                    f"architecture (dim={blob['dim']}, context_dim={blob['context_dim']}), got None"
-                )
-            flow = build_flow(blob["spec"])
-        elif not isinstance(flow, Flow):
-            raise ValueError(f"flow: expected a Flow or None, got {type(flow).__name__}")
-        if (flow.dim, flow.context_dim) != (blob["dim"], blob["context_dim"]):
-            raise ValueError(
-                f"flow: expected dim={blob['dim']}, context_dim={blob['context_dim']} as saved, "
-                f"got dim={flow.dim}, context_dim={flow.context_dim}"
-            )
-        est = cls(flow, standardize=blob["standardize"])
-        dtype = _DTYPES[blob["dtype"]]
-        ref = next(iter(blob["state_dict"].values()))
-        est.to(device=ref.device, dtype=dtype)
-        try:
-            est.load_state_dict(blob["state_dict"])
-        except RuntimeError as e:
-            raise ValueError(
-                f"flow: expected a flow whose parameters match the saved ones, got a mismatch ({e})"
-            ) from e
-        if blob.get("history") is not None:
-            est.history = History(**blob["history"])
+        blob = read_estimator_file(path, map_location)
+        est = cls(resolve_flow(blob, flow), standardize=blob["standardize"])
+        load_payload_into(est, blob)
         return est.eval()
 
     def extra_repr(self) -> str:
@@ -712,109 +523,3 @@ def fit_density(
     est = DensityEstimator(flow, standardize=standardize, **kwargs)
     est.fit(x, context, **fit_kwargs)
     return est
-
-
-# -- 2-D grids (plots, normalization checks) -----------------------------------------------------
-
-
-def plot_limits(lim: Any) -> tuple[tuple[float, float], tuple[float, float]]:
-    """Plot limits ``((xlo, xhi), (ylo, yhi))`` from ``L``, ``(lo, hi)`` or both pairs.
-
-    Example:
-        >>> plot_limits(3)
-        ((-3.0, 3.0), (-3.0, 3.0))
-    """
-
-    def pair(v: Any) -> tuple[float, float]:
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            lo, hi = -float(v), float(v)
-        elif isinstance(v, Sequence) and len(v) == 2:
-            lo, hi = float(v[0]), float(v[1])
-        else:
-            raise ValueError(
-                f"lim: expected a number L, (lo, hi) or ((xlo, xhi), (ylo, yhi)), got {lim!r}"
-            )
-        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-            raise ValueError(f"lim: expected finite limits with lo < hi, got {lim!r}")
-        return lo, hi
-
-    if isinstance(lim, Sequence) and len(lim) == 2 and all(isinstance(v, Sequence) for v in lim):
-        return pair(lim[0]), pair(lim[1])
-    return pair(lim), pair(lim)
-
-
-def _reference_tensor(obj: Any) -> torch.Tensor | None:
-    for attr in ("loc", "context"):
-        t = getattr(obj, attr, None)
-        if isinstance(t, torch.Tensor) and t.is_floating_point():
-            return t
-    module = obj if isinstance(obj, nn.Module) else getattr(obj, "flow", None)
-    if isinstance(module, nn.Module):
-        for t in (*module.parameters(), *module.buffers()):
-            if t.is_floating_point():
-                return t
-    return None
-
-
-def density_grid_2d(
-    target: Any,
-    lim: Any = 3.0,
-    n: int = 200,
-    *,
-    batch_size: int = 65536,
-    dtype: torch.dtype | None = None,
-    device: torch.device | str | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    r"""Evaluate a 2-D log-density on the cell midpoints of an ``n × n`` grid.
-
-    Args:
-        target: a callable ``(M, 2) -> (M,)`` or an object with ``.log_prob`` (a
-            :class:`DensityEstimator`, a :class:`~pyro_nf.FlowDistribution`, a torch
-            distribution with event shape ``(2,)``).
-        lim: ``L`` (the square ``[-L, L]²``), ``(lo, hi)``, or ``((xlo, xhi), (ylo, yhi))``.
-        n: cells per axis.
-        batch_size: points per call of the log-density.
-        dtype, device: of the grid (default: those of the target's parameters, else torch's
-            default dtype on the CPU).
-
-    Returns:
-        ``xs`` (``(n,)``), ``ys`` (``(n,)``) and ``log_p`` of shape ``(n, n)`` with
-        ``log_p[i, j] = log p(xs[j], ys[i])`` (rows are y, as ``imshow`` expects). The
-        midpoint-rule integral is ``log_p.exp().sum() * dx * dy`` with
-        ``dx = xs[1] - xs[0]``.
-
-    Example:
-        >>> std_normal = torch.distributions.MultivariateNormal(torch.zeros(2), torch.eye(2))
-        >>> xs, ys, log_p = density_grid_2d(std_normal, lim=6.0, n=100)
-        >>> round(float(log_p.exp().sum() * (xs[1] - xs[0]) * (ys[1] - ys[0])), 6)
-        1.0
-    """
-    (xlo, xhi), (ylo, yhi) = plot_limits(lim)
-    n = check_positive_int("n", n, minimum=2)
-    batch_size = check_positive_int("batch_size", batch_size)
-    fn = target.log_prob if hasattr(target, "log_prob") else target
-    if not callable(fn):
-        raise ValueError(
-            f"target: expected a callable or an object with .log_prob, got {type(target).__name__}"
-        )
-    ref = _reference_tensor(target)
-    dtype = dtype or (ref.dtype if ref is not None else torch.get_default_dtype())
-    device = device or (ref.device if ref is not None else "cpu")
-    xs = torch.linspace(xlo, xhi, n + 1, dtype=dtype, device=device)
-    ys = torch.linspace(ylo, yhi, n + 1, dtype=dtype, device=device)
-    xs, ys = 0.5 * (xs[1:] + xs[:-1]), 0.5 * (ys[1:] + ys[:-1])
-    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-    pts = torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=-1)
-    with torch.no_grad():
-        out = torch.cat(
-            [
-                torch.as_tensor(fn(pts[i : i + batch_size])).reshape(-1)
-                for i in range(0, pts.shape[0], batch_size)
-            ]
-        )
-    if out.shape[0] != pts.shape[0]:
-        raise ValueError(
-            f"target: expected one log-density per point ({pts.shape[0]}), got "
-            f"{out.shape[0]} values"
-        )
-    return xs, ys, out.reshape(n, n)

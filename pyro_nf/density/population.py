@@ -21,8 +21,7 @@ Two implementations, picked by :func:`make_population`:
   parameters are all layer parameter vectors (planar, radial, the affine bases, permutations):
   the members' vectors are stacked into ``(R, P)`` tensors and every layer is built once with
   batched parameters, so one step costs about as much as one fit on a batch of
-  :math:`B\,|\mathcal A|` (on a CPU, where small batches are overhead-bound, about as much as
-  one fit).
+  :math:`B\,|\mathcal A|`.
 * :class:`ModulePopulation` for any other flow module (IAF/MAF/coupling flows with networks,
   Pyro's ``TransformedDistribution`` flows): :math:`R` deep copies, drawn from one after the
   other (:math:`|\mathcal A|` times the cost of one step).

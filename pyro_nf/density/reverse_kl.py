@@ -44,37 +44,43 @@ error :math:`\hat\sigma(\log w)/\sqrt S`, and :func:`kl_estimate` returns
 A callable whose positional parameters all have defaults (or that has none) is taken to be a
 Pyro model, any other callable a log density.
 
-**Restarts.** The reverse KL is mode-seeking and its local optima are real: on U2 with planar
-K = 8, 4 starts in 20 end as a straight band that ignores the sine (KL ≈ 1.57 instead of
-0.1-0.6), and which one does is fixed by the initial parameters, not by the sampling noise.
-``restarts=R`` runs :math:`R` pilots from fresh initial parameters for ``pilot_steps`` steps
-each (on the same learning-rate and annealing schedules as the full run), keeps the pilot with
-the lowest mean loss over its last steps, and continues it to ``steps``. Cost:
-``steps + (R - 1) * pilot_steps`` steps.
+**Restarts.** The reverse KL is mode-seeking and its local optima are real: on U2 some planar
+starts end as a straight band that ignores the sine, and which ones do is fixed by the initial
+parameters, not by the sampling noise. ``restarts=R`` runs :math:`R` pilots from fresh initial
+parameters for ``pilot_steps`` steps each (on the same learning-rate and annealing schedules as
+the full run), keeps the pilot with the lowest mean loss over its last steps, and continues it to
+``steps``. Start 0 is ``flow``'s current parameters; starts 1.. are drawn by
+``flow.reset_parameters()`` (a pyro-nf :class:`~pyro_nf.Flow`), else by calling
+``reset_parameters()`` on every top-most submodule that has one (Pyro's transforms,
+``nn.Linear``, a wrapped pyro-nf flow). Restarts need a named ``optimizer`` or a factory (not an
+instance); ``checkpoint`` then holds the continued run. The history returned is the kept
+start's (pilot and continuation) and ``history.pilot_losses`` holds every pilot's final mean
+loss. Cost: ``steps + (R - 1) * pilot_steps`` steps.
 
 **Populations.** ``population=R`` trains :math:`R` starts *side by side* (a
 :class:`pyro_nf.density.population.Population`; start 0 is ``flow``'s current parameters) for
 ``steps`` steps. Each step draws ``batch_size`` samples from every active member and minimizes
 the sum of the members' own losses, so each member follows its own fit (Adam's updates are
-element-wise; only ``clip_norm`` and a non-finite gradient act on all members). At the steps
-of :func:`pyro_nf.density.population.halving_steps` (:math:`R = 4`: :math:`T/4` and :math:`T/2`) the
+element-wise; only ``clip_norm`` and a non-finite gradient act on all members; a non-finite
+*loss* only drops its member, with a warning). At the steps of
+:func:`pyro_nf.density.population.halving_steps` (:math:`R = 4`: :math:`T/4` and :math:`T/2`) the
 half with the higher mean loss over the last :math:`\min(200, T/20)` steps is dropped, and the
 member left is written into ``flow``. Cost: :math:`\sum_t |\mathcal A_t|` member-steps
-(:math:`2T` for :math:`R = 4`), in ``steps`` optimizer steps. A pyro-nf flow of planar, radial
-and affine layers is sampled for all members in one batched pass: on a CPU, planar K = 32 with
-4 members of batch 1024 takes about 1.8 times as long as one fit (58 s against 33 s). Against
-restarts, it picks later (at :math:`T/2` rather than after the pilots) and keeps the survivors
-training meanwhile. On U2 with planar K = 32 (batch 1024,
-10,000 steps) the median KL over seeds is 0.051 with 4 pilots, 0.034 with 4 identity starts
-side by side and 0.020 with 4 random starts (``planar(init="random")``) side by side
-(``benchmarks/results/energies.json``).
+(:math:`2T` for :math:`R = 4`), in ``steps`` optimizer steps; a pyro-nf flow of planar, radial
+and affine layers is sampled for all members in one batched pass. Against restarts, it picks
+later (at :math:`T/2` rather than after the pilots) and keeps the survivors training meanwhile.
+Not together with ``restarts > 1``, ``pilot_steps``, ``checkpoint``, ``early_stopping`` or
+``validate_fn``; needs a named optimizer or a factory. In the history returned, ``losses``,
+``smoothed`` and ``best_step`` are the kept member's own (``lrs``, ``grad_norms`` and what a
+``callback`` sees are the population's), and ``halvings`` lists ``(step, scores)`` with every
+then active member's mean loss over the last steps. Measured comparisons of restarts,
+populations and starts: the density tutorial (``docs/tutorials/density.md``) and ``docs/benchmarks.md``.
 
 **Starts.** Planar and radial flows start at the identity by default (``q`` = the base), which
-guides and VAEs need. For a reverse-KL fit from one start, a random start is often better:
-on U2 with planar K = 8 (10,000 steps, batch 256, 40 seeds), ``planar(init="pyro")`` (Pyro's
-own start and parameter coordinates) ends at a median KL of 0.235 against 0.433 from the
-identity, and radial K = 32 on U1 ends at 0.0105 from ``radial(init="random")`` against
-0.0142. Neither start wins everywhere (``docs/tutorials/density.md``).
+guides and VAEs need. For a reverse-KL fit from one start, a random start is often better
+(``planar(init="pyro")``, Pyro's own start and parameter coordinates, on U2;
+``radial(init="random")`` on U1), but neither start wins everywhere
+(``docs/tutorials/density.md``).
 
 References:
     Rezende & Mohamed, *Variational Inference with Normalizing Flows*, ICML 2015.
@@ -94,13 +100,20 @@ from typing import Any, NamedTuple
 import pyro
 import torch
 from pyro import poutine
+from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 from torch import nn
 
 from ..flows.flow import Flow
 from ..training.loop import History, Plateau, train
 from ..utils.validation import check_positive_int
-from .population import draw_with_log_prob, halving_steps, make_population, reset_flow
+from .population import (
+    Population,
+    draw_with_log_prob,
+    halving_steps,
+    make_population,
+    reset_flow,
+)
 from .targets import Target
 
 __all__ = [
@@ -225,15 +238,20 @@ def _is_pyro_model(fn: Callable) -> bool:
     return True
 
 
-def _model_log_density(model: Callable, dim: int | None) -> tuple[LogDensity, int]:
+def _trace_model(model: Callable) -> Trace:
+    """One trace of ``model`` (it draws the latent), leaving the RNG state as it was."""
     try:
         with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
-            trace = poutine.trace(model).get_trace()  # draws the latent: leave the RNG as it was
+            return poutine.trace(model).get_trace()
     except Exception as e:
         raise ValueError(
             f"target: expected a Pyro model that runs without arguments (bind them with "
             f"functools.partial), got one that raised {type(e).__name__}: {e}"
         ) from e
+
+
+def _latent_site(trace: Trace, dim: int | None) -> tuple[str, int]:
+    """Name and size ``D`` of the model's one latent site, a vector of shape ``(D,)``."""
     latent = [
         (name, site)
         for name, site in trace.nodes.items()
@@ -258,12 +276,49 @@ def _model_log_density(model: Callable, dim: int | None) -> tuple[LogDensity, in
             f"target: expected a latent site of size {dim} (the flow's dim), got site {name!r} "
             f"of size {site_dim}"
         )
+    return name, site_dim
+
+
+def _plate_nesting(trace: Trace) -> int:
+    """How many batch dimensions the model's vectorized plates use (the particle plate goes
+    to the left of them)."""
     nesting = 0
     for node in trace.nodes.values():
         if node["type"] == "sample":
             for frame in node["cond_indep_stack"]:
                 if frame.vectorized:
                     nesting = max(nesting, -frame.dim)
+    return nesting
+
+
+def _summed_log_prob(trace: Trace, nesting: int) -> torch.Tensor:
+    """Per particle, the sum of every sample site's log density (summed over the model's own
+    plates) of a trace run inside the particle plate."""
+    trace.compute_log_prob()
+    total = None
+    for node in trace.nodes.values():
+        if node["type"] != "sample" or site_is_subsample(node):
+            continue
+        lp = node["log_prob"]
+        if lp.dim() > nesting + 1:
+            raise ValueError(
+                f"target: site {node['name']!r} has log_prob shape {tuple(lp.shape)}: more "
+                f"batch dimensions than the model's plates ({nesting}); declare its batch "
+                "dimensions with pyro.plate or .to_event()"
+            )
+        lp = lp.reshape((1,) * (nesting + 1 - lp.dim()) + lp.shape)
+        if nesting:
+            lp = lp.sum(dim=tuple(range(1, nesting + 1)))
+        total = lp if total is None else total + lp
+    return total
+
+
+def _model_log_density(model: Callable, dim: int | None) -> tuple[LogDensity, int]:
+    """The log density ``z (..., D) -> (...)`` of a Pyro model with one latent vector site:
+    the model conditioned on a batch of ``z``, vectorized by an outer particle plate."""
+    trace = _trace_model(model)
+    name, site_dim = _latent_site(trace, dim)
+    nesting = _plate_nesting(trace)
 
     def log_density(z: torch.Tensor) -> torch.Tensor:
         batch = z.shape[:-1]
@@ -271,23 +326,7 @@ def _model_log_density(model: Callable, dim: int | None) -> tuple[LogDensity, in
         flat = z.reshape((n,) + (1,) * nesting + (site_dim,))
         with pyro.plate(_PARTICLE_PLATE, n, dim=-(nesting + 1)):
             tr = poutine.trace(poutine.condition(model, data={name: flat})).get_trace()
-        tr.compute_log_prob()
-        total = None
-        for node in tr.nodes.values():
-            if node["type"] != "sample" or site_is_subsample(node):
-                continue
-            lp = node["log_prob"]
-            if lp.dim() > nesting + 1:
-                raise ValueError(
-                    f"target: site {node['name']!r} has log_prob shape {tuple(lp.shape)}: more "
-                    f"batch dimensions than the model's plates ({nesting}); declare its batch "
-                    "dimensions with pyro.plate or .to_event()"
-                )
-            lp = lp.reshape((1,) * (nesting + 1 - lp.dim()) + lp.shape)
-            if nesting:
-                lp = lp.sum(dim=tuple(range(1, nesting + 1)))
-            total = lp if total is None else total + lp
-        return total.expand(n).reshape(batch)
+        return _summed_log_prob(tr, nesting).expand(n).reshape(batch)
 
     return log_density, site_dim
 
@@ -387,78 +426,82 @@ def fit_reverse_kl(
     population: int = 1,
     **train_kwargs: Any,
 ) -> History:
-    r"""Fit ``flow`` to the unnormalized density ``target`` by minimizing the reverse KL.
-
-    Each step draws ``batch_size`` reparameterized samples ``z`` with their ``log q(z)`` and
-    takes an optimizer step on the annealed loss ``mean(log q(z) - beta_t * log p̃(z))`` (see the
-    module docstring); the loop is :func:`pyro_nf.training.train`.
+    r"""Fit ``flow`` to the unnormalized ``target`` by minimizing the reverse KL: each step takes
+    the annealed loss ``mean(log q(z) - beta_t * log p̃(z))`` over ``batch_size`` draws ``z``.
 
     Args:
-        flow: a directly parameterized :class:`~pyro_nf.Flow` of dim ``D``, or any ``nn.Module``
-            whose call ``flow()`` returns a reparameterizable distribution with event shape
-            ``(D,)`` (e.g. a Pyro ``TransformedDistribution``; then ``log q`` is its
-            ``log_prob`` of the sample).
+        flow: a directly parameterized :class:`~pyro_nf.Flow` of dim ``D``, or an ``nn.Module``
+            whose ``flow()`` is a reparameterizable distribution with event shape ``(D,)``.
         target: a callable ``log p̃`` (``(..., D) -> (...)``), a
             :class:`~pyro_nf.targets.Target`, or a Pyro model with one latent vector site.
-        steps: number of optimizer steps.
-        batch_size: samples per step ``B``.
-        lr: learning rate (Adam unless ``optimizer=`` is given).
-        annealing: ``True`` (default): :math:`T_{\mathrm{anneal}}` = ``steps // 10``; an
-            integer :math:`T_{\mathrm{anneal}} \ge 1`; a callable ``step -> beta``; ``False`` or
-            ``None``: no annealing (:math:`\beta = 1`).
+        steps, batch_size, lr: optimizer steps, samples per step ``B`` (per member with a
+            population), learning rate (Adam unless ``optimizer=`` is given).
+        annealing: ``True`` (:math:`T_{\mathrm{anneal}}` = ``steps // 10``), an integer
+            :math:`T_{\mathrm{anneal}} \ge 1`, a callable ``step -> beta``, or ``False``/``None``.
         beta0: :math:`\beta_0` of the built-in schedule (default 0.01).
-        restarts: number of starts :math:`R` (default 1). With :math:`R > 1` (see the module
-            docstring) start 0 is ``flow``'s current parameters and starts 1.. are drawn by
-            ``flow.reset_parameters()`` (a pyro-nf :class:`~pyro_nf.Flow`), else by calling
-            ``reset_parameters()`` on every top-most submodule that has one (Pyro's
-            transforms, ``nn.Linear``, a wrapped pyro-nf flow). Needs a named ``optimizer`` (not an instance); ``checkpoint``
-            then holds the continued run.
-        pilot_steps: length of each pilot (default: twice the annealing length, at most
-            ``steps``; ``steps // 5`` without annealing).
-        population: number of starts :math:`R` trained *side by side* with successive halving
-            (default 1: off; see the module docstring). ``batch_size`` is per member. Not
-            together with ``restarts > 1``, ``pilot_steps``, ``checkpoint``, ``early_stopping``
-            or ``validate_fn``; needs a named optimizer or a factory. ``clip_norm`` clips the
-            members' joint gradient norm, and a non-finite gradient restores all of them (a
-            non-finite *loss* only drops its member, with a warning).
-        **train_kwargs: passed to :func:`pyro_nf.training.train`; ``lr_schedule`` defaults to
-            ``"cosine"`` here (pass ``lr_schedule=None`` for a constant rate) and ``desc`` to
-            ``"reverse KL"``.
+        restarts, pilot_steps: :math:`R` starts run as pilots of ``pilot_steps`` steps
+            (default :func:`default_pilot_steps`), the best continued (module docstring).
+        population: :math:`R` starts side by side, with successive halving (module docstring).
+        **train_kwargs: to :func:`pyro_nf.training.train` (the loop); ``lr_schedule`` defaults to
+            ``"cosine"`` here (``None``: a constant rate) and ``desc`` to ``"reverse KL"``.
 
     Returns:
         The :class:`~pyro_nf.training.History`; ``losses`` are the annealed losses
-        :math:`\mathcal L_t`, equal to negative ELBO estimates once :math:`\beta_t = 1`.
-        With restarts it is the kept start's (pilot and continuation), and
-        ``pilot_losses`` holds every pilot's final mean loss. With a population ``losses``,
-        ``smoothed`` and ``best_step`` are the kept member's own (``lrs``, ``grad_norms`` and
-        what a ``callback`` sees are the population's), and ``halvings`` lists
-        ``(step, scores)`` with every then active member's mean loss over the last steps.
+        :math:`\mathcal L_t` (negative ELBO estimates once :math:`\beta_t = 1`).
 
     Example:
         >>> import pyro_nf
         >>> from pyro_nf.targets import get_target
         >>> _ = torch.manual_seed(0)
-        >>> flow = pyro_nf.planar(2, depth=8)
-        >>> history = fit_reverse_kl(flow, get_target("U1"), steps=300, progress=False)
-        >>> history.num_steps, history.stop_reason
-        (300, 'max_steps')
-        >>> kl, se, _ = kl_estimate(flow, get_target("U1"), num_samples=20_000)
+        >>> flow, u1 = pyro_nf.planar(2, depth=8), get_target("U1")
+        >>> _ = fit_reverse_kl(flow, u1, steps=300, progress=False)
+        >>> kl, se, _ = kl_estimate(flow, u1, num_samples=20_000)
         >>> kl < 0.5, se < 0.05
         (True, True)
-        >>> history = fit_reverse_kl(flow, get_target("U1"), steps=300, restarts=3,
-        ...                          pilot_steps=100, progress=False)
+        >>> history = fit_reverse_kl(flow, u1, steps=300, restarts=3, pilot_steps=100, progress=False)
         >>> history.num_steps, len(history.pilot_losses)
         (300, 3)
     """
     steps = check_positive_int("steps", steps)
     batch_size = check_positive_int("batch_size", batch_size)
+    _check_lr(lr)
+    schedule = _make_schedule(annealing, steps, _check_beta0(beta0))
+    _check_reserved_keys(train_kwargs)
+    restarts, population, pilot_steps = _check_starts(
+        restarts, population, pilot_steps, steps, annealing
+    )
+    log_density, _ = as_log_density(target, _flow_dim(flow))
+    train_kwargs = {"lr_schedule": "cosine", "desc": "reverse KL", **train_kwargs}
+    member_losses = _annealed_losses(log_density, schedule)
+    if population > 1:
+        return _fit_population(flow, member_losses, steps, batch_size, lr, population, train_kwargs)
+
+    def loss_fn(step: int) -> torch.Tensor:
+        return member_losses(step, *draw_with_log_prob(flow, batch_size))
+
+    if restarts == 1:
+        return train(loss_fn, flow, steps, lr=lr, **train_kwargs)
+    return _fit_with_restarts(loss_fn, flow, steps, lr, restarts, pilot_steps, train_kwargs)
+
+
+def _check_lr(lr: Any) -> None:
+    """Raise unless ``lr`` is a positive finite float."""
     if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0:
         raise ValueError(f"lr: expected a positive finite float, got {lr!r}")
-    beta0 = _check_beta0(beta0)
-    schedule = _make_schedule(annealing, steps, beta0)
+
+
+def _check_reserved_keys(train_kwargs: dict[str, Any]) -> None:
+    """Raise if ``train_kwargs`` sets what :func:`fit_reverse_kl` builds itself."""
     for key in ("loss_fn", "params"):
         if key in train_kwargs:
             raise ValueError(f"{key}: fit_reverse_kl builds it itself; got {key}= in train_kwargs")
+
+
+def _check_starts(
+    restarts: Any, population: Any, pilot_steps: Any, steps: int, annealing: Any
+) -> tuple[int, int, int]:
+    """Checked ``(restarts, population, pilot_steps)``: one multi-start strategy at most, and
+    the pilot length (default :func:`default_pilot_steps`) at most ``steps``."""
     restarts = check_positive_int("restarts", restarts)
     population = check_positive_int("population", population)
     if population > 1 and restarts > 1:
@@ -476,13 +519,16 @@ def fit_reverse_kl(
     pilot_steps = check_positive_int("pilot_steps", pilot_steps)
     if pilot_steps > steps:
         raise ValueError(f"pilot_steps: expected at most steps={steps}, got {pilot_steps}")
-    dim = _flow_dim(flow)
-    log_density, _ = as_log_density(target, dim)
-    train_kwargs.setdefault("lr_schedule", "cosine")
-    train_kwargs.setdefault("desc", "reverse KL")
+    return restarts, population, pilot_steps
+
+
+def _annealed_losses(
+    log_density: LogDensity, schedule: Callable[[int], float]
+) -> Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``(step, z, log_q) ->`` the annealed loss ``log q - beta_t log p̃`` averaged over the
+    sample dimension (dim 0), one value per member for a population's draws."""
 
     def member_losses(step: int, z: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-        """The annealed loss averaged over the sample dimension (dim 0)."""
         log_p = log_density(z)
         if not isinstance(log_p, torch.Tensor) or log_p.shape != log_q.shape:
             got = tuple(log_p.shape) if isinstance(log_p, torch.Tensor) else type(log_p).__name__
@@ -492,15 +538,7 @@ def fit_reverse_kl(
             )
         return (log_q - schedule(step) * log_p).mean(0)
 
-    if population > 1:
-        return _fit_population(flow, member_losses, steps, batch_size, lr, population, train_kwargs)
-
-    def loss_fn(step: int) -> torch.Tensor:
-        return member_losses(step, *draw_with_log_prob(flow, batch_size))
-
-    if restarts == 1:
-        return train(loss_fn, flow, steps, lr=lr, **train_kwargs)
-    return _fit_with_restarts(loss_fn, flow, steps, lr, restarts, pilot_steps, train_kwargs)
+    return member_losses
 
 
 def _anneal_length(annealing: Any, steps: int) -> int:
@@ -592,6 +630,24 @@ def _fit_population(
     """``population`` starts side by side, the worse half dropped at :func:`halving_steps`, a
     member with a non-finite loss dropped at once; the best member left is written into
     ``flow``."""
+    _check_population_kwargs(train_kwargs)
+    cuts = set(halving_steps(steps, population))
+    pop = make_population(flow, population)
+    loss = _PopulationLoss(pop, member_losses, cuts, max(1, min(200, steps // 20)), batch_size)
+    history = train(loss, pop, steps, lr=lr, **train_kwargs)
+    final = loss.scores()
+    best = min(pop.active, key=final.__getitem__)
+    pop.copy_member_into(best, flow)
+    history.losses = [row[best] for row in loss.rows]
+    history.smoothed = _smoothed(history.losses)
+    finite = [(v, i) for i, v in enumerate(history.smoothed) if math.isfinite(v)]
+    history.best_step = min(finite)[1] if finite else None
+    history.halvings = loss.halvings
+    return history
+
+
+def _check_population_kwargs(train_kwargs: dict[str, Any]) -> None:
+    """Raise on the training options a population cannot honour."""
     for key, why in (
         ("checkpoint", "the halving state is not checkpointed"),
         ("early_stopping", "the summed loss of a shrinking population is no convergence signal"),
@@ -601,50 +657,68 @@ def _fit_population(
         if value not in (None, False):
             raise ValueError(f"{key}: expected None with population > 1 ({why}), got {value!r}")
     _check_fresh_optimizer(train_kwargs, "populations")
-    cuts = set(halving_steps(steps, population))
-    pop = make_population(flow, population)
-    window = max(1, min(200, steps // 20))
-    rows: list[list[float]] = []  # per step: every member's loss, NaN when inactive
-    halvings: list[tuple[int, dict[int, float]]] = []
 
-    def scores() -> dict[int, float]:
-        return {r: _finite_mean([row[r] for row in rows[-window:]]) for r in pop.active}
 
-    def loss_fn(step: int) -> torch.Tensor:
-        if step in cuts and len(pop.active) > 1 and rows:
-            score = scores()
-            halvings.append((step, score))
-            ranked = sorted(pop.active, key=score.__getitem__)
-            pop.keep(ranked[: math.ceil(len(ranked) / 2)])
-        losses = member_losses(step, *pop.draw(batch_size))
+class _PopulationLoss:
+    """The loss of a population step (the sum of the active members' own losses), which halves
+    the population at the ``cuts`` and drops members with a non-finite loss.
+
+    ``rows`` holds every step's losses, one per member (NaN when inactive); ``halvings`` the
+    ``(step, scores)`` of every halving.
+    """
+
+    def __init__(
+        self,
+        pop: Population,
+        member_losses: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor],
+        cuts: set[int],
+        window: int,
+        batch_size: int,
+    ) -> None:
+        self.pop, self.member_losses, self.cuts = pop, member_losses, cuts
+        self.window, self.batch_size = window, batch_size
+        self.rows: list[list[float]] = []
+        self.halvings: list[tuple[int, dict[int, float]]] = []
+
+    def scores(self) -> dict[int, float]:
+        """Every active member's mean finite loss over the last ``window`` steps."""
+        recent = self.rows[-self.window :]
+        return {r: _finite_mean([row[r] for row in recent]) for r in self.pop.active}
+
+    def _halve(self, step: int) -> None:
+        """Keep the better half (rounded up) of the active members."""
+        score = self.scores()
+        self.halvings.append((step, score))
+        ranked = sorted(self.pop.active, key=score.__getitem__)
+        self.pop.keep(ranked[: math.ceil(len(ranked) / 2)])
+
+    def _draw_losses(self, step: int) -> tuple[torch.Tensor, list[float]]:
+        """The active members' losses; members with a non-finite loss are dropped (with a
+        warning) and the rest drawn again, so a dropped member is not in the graph."""
+        losses = self.member_losses(step, *self.pop.draw(self.batch_size))
         values = losses.detach().tolist()
-        finite = [r for r, v in zip(pop.active, values, strict=True) if math.isfinite(v)]
-        if finite and len(finite) < len(pop.active):
+        finite = [r for r, v in zip(self.pop.active, values, strict=True) if math.isfinite(v)]
+        if finite and len(finite) < len(self.pop.active):
             warnings.warn(
-                f"population: members {sorted(set(pop.active) - set(finite))} had a non-finite "
-                f"loss at step {step} and were dropped; {len(finite)} remain",
+                f"population: members {sorted(set(self.pop.active) - set(finite))} had a "
+                f"non-finite loss at step {step} and were dropped; {len(finite)} remain",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-            pop.keep(finite)  # and draw again: a dropped member must not be in the graph
-            losses = member_losses(step, *pop.draw(batch_size))
+            self.pop.keep(finite)
+            losses = self.member_losses(step, *self.pop.draw(self.batch_size))
             values = losses.detach().tolist()
-        row = [math.nan] * population
-        for r, v in zip(pop.active, values, strict=True):
-            row[r] = v
-        rows.append(row)
-        return losses.sum()  # each member gets the gradient of its own mean loss
+        return losses, values
 
-    history = train(loss_fn, pop, steps, lr=lr, **train_kwargs)
-    final = scores()
-    best = min(pop.active, key=final.__getitem__)
-    pop.copy_member_into(best, flow)
-    history.losses = [row[best] for row in rows]
-    history.smoothed = _smoothed(history.losses)
-    finite = [(v, i) for i, v in enumerate(history.smoothed) if math.isfinite(v)]
-    history.best_step = min(finite)[1] if finite else None
-    history.halvings = halvings
-    return history
+    def __call__(self, step: int) -> torch.Tensor:
+        if step in self.cuts and len(self.pop.active) > 1 and self.rows:
+            self._halve(step)
+        losses, values = self._draw_losses(step)
+        row = [math.nan] * self.pop.size
+        for r, v in zip(self.pop.active, values, strict=True):
+            row[r] = v
+        self.rows.append(row)
+        return losses.sum()  # each member gets the gradient of its own mean loss
 
 
 def _smoothed(values: list[float]) -> list[float]:

@@ -88,6 +88,7 @@ import functools
 import math
 from collections.abc import Callable
 from types import MappingProxyType
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -285,7 +286,7 @@ _ENERGIES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 #   z2 = -8 and z2 = 6 are >= 10 widths away from any of them.
 # The integrands are smooth and vanish to ~1e-22 at the box edges, so the midpoint rule converges
 # spectrally (the Euler–Maclaurin corrections vanish); with step 0.05 the result changes by
-# < 1e-10 when the step is halved or the box enlarged 1.5x (tested in tests/test_targets.py),
+# < 1e-10 when the step is halved or the box enlarged 1.5x (tested in tests/density/test_targets.py),
 # and for U2–U4 it matches the closed forms to ~1e-15.
 _QUADRATURE_BOXES: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {
     "U1": ((-6.0, 6.0), (-6.0, 6.0)),
@@ -329,7 +330,7 @@ def quadrature_log_normalizer(name: str, step: float = 0.05, box_scale: float = 
     ``box_scale``; the sum is taken as a ``logsumexp``. The boxes hold all but ~1e-22 of the mass
     and the integrands are smooth, so the default grid is accurate to ~1e-10 (halving ``step`` or
     enlarging the box changes the result by less than that). Results are cached
-    (``functools.lru_cache``); a call takes well under a second.
+    (``functools.lru_cache``).
 
     Args:
         name: ``"U1"``, ``"U2"``, ``"U3"`` or ``"U4"`` (case-insensitive).
@@ -642,42 +643,45 @@ def two_moons(
     The first :math:`n_0 = \lfloor n/2 \rfloor` points lie on the upper half circle
     :math:`(\cos t, \sin t)` and the other :math:`n_1 = n - n_0` on the lower one
     :math:`(1 - \cos t, \tfrac12 - \sin t)`, with :math:`t` evenly spaced on :math:`[0, \pi]`
-    (``linspace``, endpoints included); then i.i.d. :math:`\mathcal N(0, \mathtt{noise}^2)` is
-    added to every coordinate and, if ``shuffle``, the rows are permuted. This is a data
-    generator for density-estimation demos: the limiting density has no closed form, so there is
-    no ``log_prob``.
+    (``linspace``, endpoints included); then, if ``shuffle``, the rows are permuted and i.i.d.
+    :math:`\mathcal N(0, \mathtt{noise}^2)` is added to every coordinate. A data generator for
+    density-estimation demos: the limiting density has no closed form (no ``log_prob``).
 
     Args:
-        n: number of points, an integer ``>= 2``.
-        noise: standard deviation of the Gaussian noise, a finite float ``>= 0``.
-        generator: a ``torch.Generator``, an ``int`` seed (same seed, same data) or ``None``
-            (global RNG).
-        shuffle: permute the rows (default ``True``).
-        return_labels: also return the ``int64`` labels (0 upper moon, 1 lower moon), shape
-            ``(n,)``.
-        dtype: floating dtype of the points (default ``torch.get_default_dtype()``).
-        device: device of the result (default: the generator's device, else CPU).
+        n, noise: number of points (an integer ``>= 2``) and the standard deviation of the
+            noise (a finite float ``>= 0``).
+        generator: a ``torch.Generator``, an ``int`` seed (same seed, same data) or ``None``.
+        shuffle, return_labels: permute the rows (default ``True``); also return the ``int64``
+            labels (0 upper moon, 1 lower moon), shape ``(n,)``.
+        dtype, device: of the result (default ``torch.get_default_dtype()``, and the
+            generator's device, else CPU).
 
     Returns:
         Points of shape ``(n, 2)``, and the labels if ``return_labels``.
 
     Example:
         >>> x = two_moons(100, generator=0)
-        >>> x.shape, x.dtype
-        (torch.Size([100, 2]), torch.float32)
-        >>> torch.equal(x, two_moons(100, generator=0))
-        True
+        >>> x.shape, x.dtype, torch.equal(x, two_moons(100, generator=0))
+        (torch.Size([100, 2]), torch.float32, True)
         >>> x, y = two_moons(7, noise=0.0, shuffle=False, return_labels=True)
-        >>> y.tolist()
-        [0, 0, 0, 1, 1, 1, 1]
-        >>> x[0].tolist(), x[3].tolist()
-        ([1.0, 0.0], [0.0, 0.5])
-
-    References:
-        Pedregosa et al., *Scikit-learn: Machine Learning in Python*, JMLR 12, 2011
-        (``sklearn.datasets.make_moons``).
+        >>> y.tolist(), x[0].tolist(), x[3].tolist()
+        ([0, 0, 0, 1, 1, 1, 1], [1.0, 0.0], [0.0, 0.5])
     """
     n = check_positive_int("n", n, minimum=2)
+    _check_noise(noise)
+    dtype = _resolve_dtype(dtype)
+    if device is None:
+        device = generator.device if isinstance(generator, torch.Generator) else "cpu"
+    device = torch.device(device)
+    gen, draw_device = _resolve_generator(generator, device)
+    x, labels = _moon_arcs(n, dtype, draw_device)
+    x, labels = _shuffle_and_jitter(x, labels, noise, shuffle, gen)
+    x, labels = x.to(device), labels.to(device)
+    return (x, labels) if return_labels else x
+
+
+def _check_noise(noise: Any) -> None:
+    """Raise unless ``noise`` is a finite float ``>= 0``."""
     if (
         isinstance(noise, bool)
         or not isinstance(noise, (int, float))
@@ -685,32 +689,42 @@ def two_moons(
         or noise < 0
     ):
         raise ValueError(f"noise: expected a finite float >= 0, got {noise!r}")
-    dtype = _resolve_dtype(dtype)
-    if device is None:
-        device = generator.device if isinstance(generator, torch.Generator) else "cpu"
-    device = torch.device(device)
-    gen, draw_device = _resolve_generator(generator, device)
 
+
+def _moon_arcs(
+    n: int, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The noiseless moons in order: ``n // 2`` upper points, then the lower ones, and labels."""
     n_upper = n // 2
     n_lower = n - n_upper
-    t_upper = torch.linspace(0.0, math.pi, n_upper, dtype=dtype, device=draw_device)
-    t_lower = torch.linspace(0.0, math.pi, n_lower, dtype=dtype, device=draw_device)
+    t_upper = torch.linspace(0.0, math.pi, n_upper, dtype=dtype, device=device)
+    t_lower = torch.linspace(0.0, math.pi, n_lower, dtype=dtype, device=device)
     upper = torch.stack([torch.cos(t_upper), torch.sin(t_upper)], dim=-1)
     lower = torch.stack([1.0 - torch.cos(t_lower), 0.5 - torch.sin(t_lower)], dim=-1)
-    x = torch.cat([upper, lower], dim=0)
     labels = torch.cat(
         [
-            torch.zeros(n_upper, dtype=torch.int64, device=draw_device),
-            torch.ones(n_lower, dtype=torch.int64, device=draw_device),
+            torch.zeros(n_upper, dtype=torch.int64, device=device),
+            torch.ones(n_lower, dtype=torch.int64, device=device),
         ]
     )
+    return torch.cat([upper, lower], dim=0), labels
+
+
+def _shuffle_and_jitter(
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    noise: float,
+    shuffle: bool,
+    gen: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Permute the rows (if ``shuffle``), then add the Gaussian noise (if ``noise > 0``)."""
+    n = x.shape[0]
     if shuffle:
-        perm = torch.randperm(n, generator=gen, device=draw_device)
+        perm = torch.randperm(n, generator=gen, device=x.device)
         x, labels = x[perm], labels[perm]
     if noise > 0:
-        x = x + noise * torch.randn(n, 2, generator=gen, dtype=dtype, device=draw_device)
-    x, labels = x.to(device), labels.to(device)
-    return (x, labels) if return_labels else x
+        x = x + noise * torch.randn(n, 2, generator=gen, dtype=x.dtype, device=x.device)
+    return x, labels
 
 
 # ------------------------------------------------------------------------------------------------
@@ -725,9 +739,7 @@ def as_pyro_model(
 ) -> Callable[[], torch.Tensor]:
     r"""Wrap a :class:`Target` as a Pyro model with one latent site ``name`` of shape ``(dim,)``.
 
-    The model is
-
-    .. code-block:: python
+    The model is::
 
         z = pyro.sample(name, Normal(0, 1).expand([dim]).to_event(1).mask(False))
         pyro.factor(name + "_log_density", target.log_prob(z))
@@ -737,15 +749,12 @@ def as_pyro_model(
     :math:`\mathbb{R}^D`), so the model's joint is :math:`\log p(z) = \mathrm{target.log\_prob}(z)`
     (unnormalized; an ELBO estimates :math:`\log Z` minus the KL gap). Unlike
     ``dist.ImproperUniform`` it can be sampled (from :math:`\mathcal N(0, I)`), which Pyro's
-    autoguides need to initialise with their default ``init_loc_fn``. ``dtype``/``device`` (default
-    ``torch.get_default_dtype()``, CPU) are those of that placeholder prior; match them to your
-    guide's.
+    autoguides need to initialise with their default ``init_loc_fn``.
 
     Args:
-        target: the target to wrap.
-        name: name of the latent sample site (a non-empty string).
-        dtype: floating dtype of the placeholder prior.
-        device: device of the placeholder prior.
+        target, name: the target to wrap; the name of the latent site (a non-empty string).
+        dtype, device: of that placeholder prior (default ``torch.get_default_dtype()``, CPU);
+            match them to your guide's.
 
     Returns:
         A callable ``model()`` taking no arguments and returning ``z``; it carries the wrapped
@@ -759,24 +768,30 @@ def as_pyro_model(
         >>> trace = pyro.poutine.trace(pyro.poutine.condition(model, {"z": z})).get_trace()
         >>> bool(torch.isclose(trace.log_prob_sum(), target.log_prob(z)))
         True
-
-    References:
-        Rezende & Mohamed, *Variational Inference with Normalizing Flows*, ICML 2015.
     """
-    if not isinstance(target, Target):
-        raise ValueError(f"target: expected a pyro_nf.targets.Target, got {type(target).__name__}")
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"name: expected a non-empty string, got {name!r}")
-    dtype = _resolve_dtype(dtype)
-    device = torch.device("cpu" if device is None else device)
-    loc = torch.zeros(target.dim, dtype=dtype, device=device)
-    prior = dist.Normal(loc, torch.ones_like(loc)).to_event(1).mask(False)
-    factor_name = name + "_log_density"
+    _check_model_args(target, name)
+    prior = _flat_prior(target.dim, _resolve_dtype(dtype), device)
 
     def model() -> torch.Tensor:
         z = pyro.sample(name, prior)
-        pyro.factor(factor_name, target.log_prob(z))
+        pyro.factor(name + "_log_density", target.log_prob(z))
         return z
 
     model.target = target  # type: ignore[attr-defined]
     return model
+
+
+def _check_model_args(target: Any, name: Any) -> None:
+    """Raise unless ``target`` is a :class:`Target` and ``name`` a non-empty string."""
+    if not isinstance(target, Target):
+        raise ValueError(f"target: expected a pyro_nf.targets.Target, got {type(target).__name__}")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name: expected a non-empty string, got {name!r}")
+
+
+def _flat_prior(
+    dim: int, dtype: torch.dtype, device: torch.device | str | None
+) -> dist.TorchDistribution:
+    """``Normal(0, 1)`` on ``R^dim`` masked out: log density 0, but it can be sampled."""
+    loc = torch.zeros(dim, dtype=dtype, device=torch.device("cpu" if device is None else device))
+    return dist.Normal(loc, torch.ones_like(loc)).to_event(1).mask(False)

@@ -21,14 +21,14 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
-import pyro
 import torch
 from pyro import poutine
 from pyro.infer.importance import vectorized_importance_weights
+from pyro.poutine.util import site_is_subsample
 
 from ..utils.validation import check_positive_int
 from .psis import ImportanceDiagnostics, importance_diagnostics, psis
@@ -43,10 +43,25 @@ __all__ = [
 ]
 
 
-def guess_max_plate_nesting(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> int:
-    """The deepest plate nesting of one traced run of ``model`` and ``guide`` (at least 1)."""
+def trace_pair(
+    model: Callable, guide: Callable, args: tuple, kwargs: dict
+) -> tuple[poutine.Trace, poutine.Trace]:
+    """One draw of ``guide`` and ``model`` replayed on it: ``(model_trace, guide_trace)``."""
     guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    return model_trace, guide_trace
+
+
+def latent_sites(trace: poutine.Trace) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The ``(name, site)`` pairs of the latent sample sites of ``trace`` (no subsample sites)."""
+    for name, site in trace.nodes.items():
+        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site):
+            yield name, site
+
+
+def guess_max_plate_nesting(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> int:
+    """The deepest plate nesting of one traced run of ``model`` and ``guide`` (at least 1)."""
+    model_trace, guide_trace = trace_pair(model, guide, args, kwargs)
     depth = 0
     for tr in (model_trace, guide_trace):
         for site in tr.nodes.values():
@@ -83,25 +98,40 @@ def log_importance_weights(
     check_positive_int("num_samples", num_samples)
     kwargs = dict(model_kwargs or {})
     if vectorize:
-        try:
-            nesting = max_plate_nesting
-            if nesting is None:
-                nesting = guess_max_plate_nesting(model, guide, args, kwargs)
-            lw, _, _ = vectorized_importance_weights(
-                model, guide, *args, num_samples=num_samples, max_plate_nesting=nesting, **kwargs
-            )
-            if lw.shape == (num_samples,):
-                return lw.detach()
-        except (RuntimeError, ValueError, NotImplementedError):
-            pass  # a model that does not vectorize: fall back to one trace per sample
-    weights = []
-    for _ in range(num_samples):
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-            *args, **kwargs
-        )
-        weights.append(model_trace.log_prob_sum() - guide_trace.log_prob_sum())
+        lw = _vectorized_log_weights(model, guide, args, kwargs, num_samples, max_plate_nesting)
+        if lw is not None:
+            return lw.detach()
+    weights = [_log_weight(*trace_pair(model, guide, args, kwargs)) for _ in range(num_samples)]
     return torch.stack(weights).detach()
+
+
+def _vectorized_log_weights(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    num_samples: int,
+    max_plate_nesting: int | None,
+) -> torch.Tensor | None:
+    """The ``(S,)`` log weights from one vectorized run, or ``None`` if the model does not
+    vectorize."""
+    try:
+        nesting = max_plate_nesting
+        if nesting is None:
+            nesting = guess_max_plate_nesting(model, guide, args, kwargs)
+        lw, _, _ = vectorized_importance_weights(
+            model, guide, *args, num_samples=num_samples, max_plate_nesting=nesting, **kwargs
+        )
+        if lw.shape == (num_samples,):
+            return lw
+    except (RuntimeError, ValueError, NotImplementedError):
+        pass  # a model that does not vectorize: fall back to one trace per sample
+    return None
+
+
+def _log_weight(model_trace: poutine.Trace, guide_trace: poutine.Trace) -> torch.Tensor:
+    """``log p(x, z) - log q(z)`` of one draw."""
+    return model_trace.log_prob_sum() - guide_trace.log_prob_sum()
 
 
 def psis_khat(
@@ -184,20 +214,16 @@ def to_inference_data(
     posterior: dict[str, list] = {}
     log_w = []
     for _ in range(num_samples):
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-            *args, **kwargs
-        )
-        log_w.append(float(model_trace.log_prob_sum() - guide_trace.log_prob_sum()))
-        for name, site in model_trace.nodes.items():
-            if (
-                site["type"] == "sample"
-                and not site["is_observed"]
-                and not pyro.poutine.util.site_is_subsample(site)
-            ):
-                posterior.setdefault(name, []).append(site["value"].detach().cpu().numpy())
+        model_trace, guide_trace = trace_pair(model, guide, args, kwargs)
+        log_w.append(float(_log_weight(model_trace, guide_trace)))
+        for name, site in latent_sites(model_trace):
+            posterior.setdefault(name, []).append(site["value"].detach().cpu().numpy())
     post = {k: np.stack(v)[None] for k, v in posterior.items()}
-    stats = {"log_importance_weight": np.asarray(log_w)[None]}
+    return _arviz_data(az, post, {"log_importance_weight": np.asarray(log_w)[None]})
+
+
+def _arviz_data(az: Any, posterior: dict[str, np.ndarray], sample_stats: dict[str, np.ndarray]):
+    """An ArviZ ``InferenceData`` (0.x) or ``DataTree`` (1.x) of the two groups (``az``: arviz)."""
     if int(az.__version__.split(".")[0]) >= 1:  # pragma: no cover - arviz 1.x on Python >= 3.12
-        return az.from_dict({"posterior": post, "sample_stats": stats})
-    return az.from_dict(posterior=post, sample_stats=stats)
+        return az.from_dict({"posterior": posterior, "sample_stats": sample_stats})
+    return az.from_dict(posterior=posterior, sample_stats=sample_stats)

@@ -41,6 +41,16 @@ visits: a good value is necessary, not sufficient.
 accepted everywhere; ``NaN`` and ``+inf`` are rejected with a ``ValueError``, as is a batch entry
 whose weights are all zero.
 
+**Degenerate tails.** :func:`psis` cannot always fit a Pareto tail:
+
+* if the largest weight is attained by :math:`M + 1` or more draws (e.g. constant weights, as
+  with :math:`q = p`) the weights are bounded and no draw dominates; :math:`\hat k` is ``-inf``
+  ("good") and the weights are only normalized (the reference implementations return ``+inf``
+  here, as they cannot fit a GPD);
+* if fewer than 5 draws exceed the threshold otherwise (ties at the threshold, or a few draws
+  more than ~708 nats above all others) or the fit fails, :math:`\hat k` is ``+inf`` ("bad") and
+  the weights are only normalized, as in the reference implementations.
+
 Example:
     >>> import torch
     >>> from pyro_nf.psis import importance_diagnostics
@@ -70,6 +80,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -245,20 +256,9 @@ def psis(log_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     4. Normalize: :math:`\log \tilde w_s - \operatorname{logsumexp}_s \log \tilde w_s`.
 
     This is the algorithm of the reference implementations (R ``loo`` and ``arviz.psislw``
-    with ``reff=1``, the right choice for independent draws from ``q``), and :math:`\hat k`
-    agrees with ``arviz.psislw`` to better than 1e-12. Read :math:`\hat k` with :func:`khat_verdict`.
-
-    Degenerate tails:
-
-    * if the largest weight is attained by :math:`M + 1` or more draws (e.g. constant weights,
-      as with :math:`q = p`) the weights are bounded and no draw dominates; :math:`\hat k` is
-      ``-inf`` ("good") and the weights are only normalized (the reference implementations
-      return ``+inf`` here, as they cannot fit a GPD);
-    * if fewer than 5 draws exceed the threshold otherwise (ties at the threshold, or a few
-      draws more than ~708 nats above all others) or the fit fails, :math:`\hat k` is ``+inf``
-      ("bad") and the weights are only normalized, as in the reference implementations.
-
-    The result is a diagnostic and is computed without gradients (the input is detached).
+    with ``reff=1``, the right choice for independent draws from ``q``); degenerate tails get
+    :math:`\hat k = \pm\infty` (see the module docstring). Read :math:`\hat k` with
+    :func:`khat_verdict`. The result is a diagnostic, computed without gradients.
 
     Args:
         log_weights: log importance weights, shape ``(..., S)`` with ``S >= 21``
@@ -285,48 +285,68 @@ def psis(log_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tensor([-inf, -inf])
     """
     lw = _check_log_weights("log_weights", log_weights, MIN_PSIS_SAMPLES)
-    num_samples = lw.shape[-1]
-    batch_shape = lw.shape[:-1]
-    dtype = _work_dtype(lw)
-    x = lw.detach().to(dtype).reshape(-1, num_samples)
+    x = lw.detach().to(_work_dtype(lw)).reshape(-1, lw.shape[-1])
     x = x - x.max(dim=-1, keepdim=True).values  # max = 0; -inf stays -inf
-    num_rows = x.shape[0]
+    tail = _find_tails(x)
+    out, khat = x.clone(), _initial_khat(tail.num_tail, x.dtype)
+    for n in torch.unique(tail.num_tail[tail.num_tail >= _MIN_TAIL]).tolist():
+        for rows in _row_chunks(tail.num_tail == n, n):
+            _smooth_rows(out, khat, tail, rows, n)
+    out = out - torch.logsumexp(out, dim=-1, keepdim=True)
+    return out.reshape(lw.shape).to(lw.dtype), khat.reshape(lw.shape[:-1]).to(lw.dtype)
 
-    tail_len = _tail_length(num_samples)
-    log_tiny = math.log(torch.finfo(dtype).tiny)
-    # the M + 1 largest log weights, in descending order (ties in any order)
+
+@dataclass(frozen=True)
+class _Tails:
+    """The Pareto tail of each row ``(B, S)`` of shifted log weights (step 1 of :func:`psis`)."""
+
+    sorted_x: torch.Tensor  # (B, M + 1): the M + 1 largest log weights, descending
+    order: torch.Tensor  # (B, M + 1): their indices in the row (ties in any order)
+    cutoff: torch.Tensor  # (B,): the log threshold, log u
+    num_tail: torch.Tensor  # (B,): draws above the threshold (a prefix of sorted_x)
+
+
+def _find_tails(x: torch.Tensor) -> _Tails:
+    """The tails of the rows of ``x`` (max 0): threshold, tail length and the sorted tail."""
+    tail_len = _tail_length(x.shape[-1])
+    log_tiny = math.log(torch.finfo(x.dtype).tiny)
     sorted_x, order = torch.topk(x, tail_len + 1, dim=-1, largest=True, sorted=True)
     cutoff = sorted_x[:, tail_len].clamp(min=log_tiny)  # (B,)
     num_tail = (sorted_x[:, :tail_len] > cutoff.unsqueeze(-1)).sum(-1)  # tail = a sorted prefix
+    return _Tails(sorted_x, order, cutoff, num_tail)
 
-    khat = torch.full((num_rows,), math.inf, dtype=dtype, device=x.device)
-    khat = torch.where(num_tail == 0, torch.full_like(khat, -math.inf), khat)
-    out = x.clone()
-    fit_sizes = torch.unique(num_tail[num_tail >= _MIN_TAIL]).tolist()
-    for n in fit_sizes:
-        rows_all = torch.nonzero(num_tail == n).squeeze(-1)
-        chunk = max(1, _FIT_CHUNK // (n * (30 + int(math.sqrt(n)))))
-        for start in range(0, rows_all.numel(), chunk):
-            rows = rows_all[start : start + chunk]
-            u = cutoff[rows].unsqueeze(-1)  # (b, 1)
-            excess = sorted_x[rows, :n].flip(-1) - u  # ascending, > 0
-            # exceedances w - u = e^u expm1(x - u), rescaled so that the largest is exactly 1
-            scale = torch.expm1(excess[:, -1:])
-            k, sigma = _gpd_fit(torch.expm1(excess) / scale)
-            ok = torch.isfinite(k) & torch.isfinite(sigma) & (sigma > 0)
-            log_tail = torch.logaddexp(
-                u, _gpd_log_order_statistics(n, k, sigma) + u + torch.log(scale)
-            ).clamp(max=0.0)  # truncate at the largest raw weight
-            tail_idx = order[rows, :n].flip(-1)
-            smoothed = out[rows].scatter(-1, tail_idx, log_tail)
-            out[rows] = torch.where(ok.unsqueeze(-1), smoothed, out[rows])
-            khat[rows] = torch.where(ok, k, torch.full_like(k, math.inf))
 
-    out = out - torch.logsumexp(out, dim=-1, keepdim=True)
-    return (
-        out.reshape(lw.shape).to(lw.dtype),
-        khat.reshape(batch_shape).to(lw.dtype),
-    )
+def _initial_khat(num_tail: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """k-hat before any fit: ``-inf`` for rows without a tail (bounded weights), else ``+inf``."""
+    khat = torch.full(num_tail.shape, math.inf, dtype=dtype, device=num_tail.device)
+    return torch.where(num_tail == 0, torch.full_like(khat, -math.inf), khat)
+
+
+def _row_chunks(mask: torch.Tensor, n: int) -> Iterator[torch.Tensor]:
+    """The indices of the rows in ``mask``, in chunks small enough for a GPD fit of ``n`` draws."""
+    rows_all = torch.nonzero(mask).squeeze(-1)
+    chunk = max(1, _FIT_CHUNK // (n * (30 + int(math.sqrt(n)))))
+    for start in range(0, rows_all.numel(), chunk):
+        yield rows_all[start : start + chunk]
+
+
+def _smooth_rows(
+    out: torch.Tensor, khat: torch.Tensor, tail: _Tails, rows: torch.Tensor, n: int
+) -> None:
+    """Steps 2 and 3 of :func:`psis` for ``rows`` with ``n`` tail draws, in place in ``out``/``khat``."""
+    u = tail.cutoff[rows].unsqueeze(-1)  # (b, 1)
+    excess = tail.sorted_x[rows, :n].flip(-1) - u  # ascending, > 0
+    # exceedances w - u = e^u expm1(x - u), rescaled so that the largest is exactly 1
+    scale = torch.expm1(excess[:, -1:])
+    k, sigma = _gpd_fit(torch.expm1(excess) / scale)
+    ok = torch.isfinite(k) & torch.isfinite(sigma) & (sigma > 0)
+    log_tail = torch.logaddexp(
+        u, _gpd_log_order_statistics(n, k, sigma) + u + torch.log(scale)
+    ).clamp(max=0.0)  # truncate at the largest raw weight
+    tail_idx = tail.order[rows, :n].flip(-1)
+    smoothed = out[rows].scatter(-1, tail_idx, log_tail)
+    out[rows] = torch.where(ok.unsqueeze(-1), smoothed, out[rows])
+    khat[rows] = torch.where(ok, k, torch.full_like(k, math.inf))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -35,13 +35,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from pyro import poutine
 from pyro.infer.importance import vectorized_importance_weights
-from pyro.poutine.util import site_is_subsample
 
 from ..training.loop import History
 from ..utils.validation import check_float, check_positive_int
-from .importance import guess_max_plate_nesting
+from .importance import guess_max_plate_nesting, latent_sites, trace_pair
 from .psis import importance_ess, khat_threshold, khat_verdict, log_evidence, psis
 
 __all__ = ["diagnose", "reweighted_summary", "TrustReport", "SiteReliability", "SHIFT_TOLERANCE"]
@@ -149,38 +147,42 @@ def _weighted_samples(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``(log_w (S,), {site: (S, -1)})`` from ``num_samples`` independent guide draws
     (vectorized over draws when the model allows it, else one trace per draw)."""
+    vectorized = _vectorized_weighted_samples(model, guide, args, kwargs, num_samples)
+    if vectorized is not None:
+        return vectorized
+    log_w, samples = [], {}
+    for _ in range(num_samples):
+        model_trace, guide_trace = trace_pair(model, guide, args, kwargs)
+        log_w.append(model_trace.log_prob_sum() - guide_trace.log_prob_sum())
+        for name, site in latent_sites(model_trace):
+            samples.setdefault(name, []).append(site["value"].reshape(-1))
+    return torch.stack(log_w), {k: torch.stack(v) for k, v in samples.items()}
+
+
+def _vectorized_weighted_samples(
+    model: Callable, guide: Callable, args: tuple, kwargs: dict, num_samples: int
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
+    """:func:`_weighted_samples` from one vectorized run, or ``None`` if the model does not
+    vectorize."""
     try:
         nesting = guess_max_plate_nesting(model, guide, args, kwargs)
         lw, model_trace, _ = vectorized_importance_weights(
             model, guide, *args, num_samples=num_samples, max_plate_nesting=nesting, **kwargs
         )
-        vectorized = {
-            name: site["value"]
-            for name, site in model_trace.nodes.items()
-            if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
-        }
+        vectorized = {name: site["value"] for name, site in latent_sites(model_trace)}
         if lw.shape == (num_samples,) and all(
             v.shape[:1] == (num_samples,) for v in vectorized.values()
         ):
             return lw, {k: v.reshape(num_samples, -1) for k, v in vectorized.items()}
     except (RuntimeError, ValueError, NotImplementedError):
         pass
-    log_w, samples = [], {}
-    for _ in range(num_samples):
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-            *args, **kwargs
-        )
-        log_w.append(model_trace.log_prob_sum() - guide_trace.log_prob_sum())
-        for name, site in model_trace.nodes.items():
-            if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site):
-                samples.setdefault(name, []).append(site["value"].reshape(-1))
-    return torch.stack(log_w), {k: torch.stack(v) for k, v in samples.items()}
+    return None
 
 
 def _moments(
     values: torch.Tensor, weights: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-coordinate mean and sd of ``values`` (S, P) in float64, weighted if ``weights``."""
     values = values.double()
     if weights is None:
         return values.mean(0), values.std(0)
@@ -255,7 +257,18 @@ def diagnose(
         history = getattr(guide, "history", None)
     log_w, samples = _weighted_samples(model, guide, args, dict(model_kwargs or {}), num_samples)
     smoothed, khat = psis(log_w)
-    weights = smoothed.exp()
+    return TrustReport(
+        **_weight_summary(log_w, float(khat), num_samples),
+        **_history_summary(history),
+        sites=_site_reliabilities(samples, smoothed.exp()),
+        shift_tolerance=shift_tolerance,
+    )
+
+
+def _site_reliabilities(
+    samples: dict[str, torch.Tensor], weights: torch.Tensor
+) -> list[SiteReliability]:
+    """Each site's reweighting shifts, least reliable (largest total shift) first."""
     sites = []
     for name, values in samples.items():
         raw_mean, raw_sd = _moments(values, None)
@@ -265,19 +278,30 @@ def diagnose(
         ratio = float((sd.clamp_min(1e-300) / scale).log().abs().max())
         sites.append(SiteReliability(name, shift, ratio))
     sites.sort(key=lambda s: -(s.mean_shift + s.log_sd_ratio))
+    return sites
+
+
+def _weight_summary(log_w: torch.Tensor, khat: float, num_samples: int) -> dict[str, Any]:
+    """The :class:`TrustReport` fields computed from the ``(S,)`` log weights and their k-hat."""
     evidence, evidence_se = log_evidence(log_w)
-    return TrustReport(
-        elbo=float(log_w.mean()),
-        elbo_se=float(log_w.std() / num_samples**0.5),
-        khat=float(khat),
-        verdict=khat_verdict(float(khat), num_samples),
-        ess=float(importance_ess(log_w)),
-        num_samples=num_samples,
-        log_evidence=float(evidence),
-        log_evidence_se=float(evidence_se),
-        converged=None if history is None else history.converged,
-        stop_reason=None if history is None else history.stop_reason,
-        steps=None if history is None else history.num_steps,
-        sites=sites,
-        shift_tolerance=shift_tolerance,
-    )
+    return {
+        "elbo": float(log_w.mean()),
+        "elbo_se": float(log_w.std() / num_samples**0.5),
+        "khat": khat,
+        "verdict": khat_verdict(khat, num_samples),
+        "ess": float(importance_ess(log_w)),
+        "num_samples": num_samples,
+        "log_evidence": float(evidence),
+        "log_evidence_se": float(evidence_se),
+    }
+
+
+def _history_summary(history: History | None) -> dict[str, Any]:
+    """The :class:`TrustReport` convergence fields from a fit's history (all ``None`` without)."""
+    if history is None:
+        return {"converged": None, "stop_reason": None, "steps": None}
+    return {
+        "converged": history.converged,
+        "stop_reason": history.stop_reason,
+        "steps": history.num_steps,
+    }

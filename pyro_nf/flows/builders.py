@@ -63,12 +63,9 @@ def planar(
     r"""A planar flow: ``depth`` planar maps after a diagonal Gaussian (or standard) base.
 
     ``init="random"`` starts the maps at random contractions instead of the identity (see
-    :class:`~pyro_nf.flows.layers.PlanarLayer`). For reverse-KL fits of U2 with K = 32 it is the better
-    start, alone and with ``fit_reverse_kl(population=...)``; on U1, and on U2 with K = 8, the
-    identity did better. ``init="pyro"`` is Pyro's ``Planar`` exactly (its start and its
-    parameter coordinates, so a fit takes Pyro's steps): on U2 with K = 8 from one start it
-    ends at a median KL of 0.235 nats over 40 seeds, against 0.433 from the identity and 0.222
-    for Pyro's ``Planar`` (``docs/tutorials/density.md``).
+    :class:`~pyro_nf.flows.layers.PlanarLayer`); ``init="pyro"`` is Pyro's ``Planar`` exactly
+    (its start and its parameter coordinates, so a fit takes Pyro's steps). Which start fits
+    which target better is measured in the density tutorial (``docs/tutorials/density.md``).
 
     Example:
         >>> flow = planar(2, depth=8)

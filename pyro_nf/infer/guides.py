@@ -30,7 +30,6 @@ encoder (the building block of flow VAEs).
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack, nullcontext
 from typing import Any
@@ -41,24 +40,20 @@ import torch
 from pyro.distributions.transforms import biject_to
 from pyro.infer.autoguide import AutoContinuous
 from pyro.infer.autoguide.initialization import init_to_median
-from pyro.poutine.util import site_is_subsample
 from torch import nn
 
 from ..diagnostics.report import TrustReport, diagnose
 from ..flows.flow import Flow
-from ..flows.layers import DiagonalAffineLayer, FixedAffineLayer, LowerTriangularAffineLayer
 from ..flows.registry import family_names, get_family
 from ..transforms import ChainTransform
 from ..utils.validation import check_positive_int
-from .laplace import LaplaceFallbackWarning, find_mode, gaussian_elbo, laplace_approximation
+from .prototype import assemble_flow, check_latent_sites, initial_affine, minus_inf_on_error
 
 __all__ = ["FlowGuide", "AmortizedFlowGuide"]
 
 #: Up to this many latent dimensions, ``affine="auto"`` uses a full lower-triangular affine map.
-#: Above it the D(D+1)/2 entries, each moved ~lr per Adam step, add more noise than they help
-#: (centered 50-group model, D = 105, no Laplace preconditioner: max |mean error| 1.6 sd with a
-#: full map, 0.39 sd diagonal; ``benchmarks/hard_posteriors.py``); with a Laplace preconditioner
-#: the correlations are already in the fixed affine map.
+#: Above it the D(D+1)/2 entries, each moved ~lr per Adam step, add more noise than they help;
+#: with a Laplace preconditioner the correlations are already in the fixed affine map.
 MAX_FULL_AFFINE_DIM = 50
 
 
@@ -122,7 +117,7 @@ class FlowGuide(AutoContinuous):
             ``"map"``: the mode with ``init_scale``; ``"loc"``: ``init_loc_fn`` with
             ``init_scale``, as Pyro's autoguides do.
         init_scale: initial standard deviation where no curvature is used (> 0; default 1, the
-            scale of a standardized latent: on a funnel, 1 beats 0.1 by 1.4 nats of ELBO).
+            scale of a standardized latent).
         affine: the final affine map: ``"full"`` (lower-triangular, i.e. a full-covariance
             Gaussian base, like ``AutoMultivariateNormal``), ``"diagonal"``, or ``"auto"``
             (default: full up to ``MAX_FULL_AFFINE_DIM`` latent dimensions, else diagonal).
@@ -181,38 +176,9 @@ class FlowGuide(AutoContinuous):
 
     # -- construction --------------------------------------------------------------------------
     def _setup_prototype(self, *args: Any, **kwargs: Any) -> None:
+        """Check the latent sites, find the Gaussian start and build the flow (first call)."""
         trace = pyro.poutine.block(pyro.poutine.trace(self.model).get_trace)(*args, **kwargs)
-        latent = [s for s in trace.nodes.values() if s["type"] == "sample" and not s["is_observed"]]
-        latent = [
-            s
-            for s in latent
-            if not site_is_subsample(s)
-            and not s["infer"].get("is_auxiliary")
-            and not s["infer"].get("enumerate")
-        ]
-        if not latent:
-            raise ValueError(
-                "model: FlowGuide found no latent sample sites (every site is observed); nothing to infer"
-            )
-        for site in latent:
-            if site["fn"].support.is_discrete:
-                raise ValueError(
-                    f"model: site {site['name']!r} is discrete ({type(site['fn']).__name__}); FlowGuide "
-                    "handles continuous latents only. Enumerate it (infer={'enumerate': 'parallel'} "
-                    "with TraceEnum_ELBO) and hide it from the guide, or marginalize it out"
-                )
-            for frame in site["cond_indep_stack"]:
-                if (
-                    frame.vectorized
-                    and frame.full_size is not None
-                    and frame.full_size != frame.size
-                ):
-                    raise ValueError(
-                        f"model: site {site['name']!r} is a local latent in the subsampled plate "
-                        f"{frame.name!r} ({frame.size} of {frame.full_size}); a global FlowGuide cannot "
-                        "follow changing subsamples. Use AmortizedFlowGuide for local latents (and "
-                        "FlowGuide on the global ones, e.g. with AutoGuideList)"
-                    )
+        check_latent_sites(trace)
         super()._setup_prototype(*args, **kwargs)
         loc = self._init_loc()
         if not bool(torch.isfinite(loc).all()):
@@ -220,77 +186,19 @@ class FlowGuide(AutoContinuous):
                 "init_loc_fn: produced non-finite initial values in unconstrained space "
                 f"({int((~torch.isfinite(loc)).sum())} of {loc.numel()} entries)"
             )
-        self._init_info = self._initial_affine(loc, args, kwargs)
+        self._init_info = initial_affine(
+            minus_inf_on_error(lambda u: self._unconstrained_log_density(u, args, kwargs)),
+            loc,
+            self._init,
+            self._init_scale,
+        )
         loc0, tril0 = self._init_info.pop("loc"), self._init_info.pop("scale_tril")
         scale0 = self._init_info.pop("learnable_scale")
-        inner = _build_inner_flow(
-            self._flow_spec, self.latent_dim, self._depth, **self._flow_kwargs
-        )
         dim = self.latent_dim
-        if self._affine == "full" or (self._affine == "auto" and dim <= MAX_FULL_AFFINE_DIM):
-            # identity in whitened coordinates; multiplicative scale updates, so that a
-            # preconditioner that is off by orders of magnitude is corrected in few steps
-            learnable = LowerTriangularAffineLayer(dim, init_scale_tril=scale0, positive="exp")
-        else:
-            learnable = DiagonalAffineLayer(dim, init_scale=scale0, positive="exp")
-        fixed = FixedAffineLayer(loc0.detach().cpu(), tril0.detach().cpu())
-        flow = Flow(dim, [*inner.layers, learnable, fixed])
+        inner = _build_inner_flow(self._flow_spec, dim, self._depth, **self._flow_kwargs)
+        full = self._affine == "full" or (self._affine == "auto" and dim <= MAX_FULL_AFFINE_DIM)
+        flow = assemble_flow(inner, dim, loc0, tril0, scale0, full)
         self.flow = flow.to(dtype=loc.dtype, device=loc.device)
-
-    def _initial_affine(self, loc: torch.Tensor, args: tuple, kwargs: dict) -> dict[str, Any]:
-        """The fixed preconditioner ``(loc, scale_tril)`` and the learnable affine's initial scale.
-
-        Only *informative* curvature goes into the preconditioner: the Laplace factor when it is
-        used; otherwise the preconditioner is the identity and ``init_scale`` starts the
-        learnable affine map (so that its off-diagonal entries are learned at the data's scale).
-        """
-        dim = self.latent_dim
-        eye = torch.eye(dim, dtype=loc.dtype, device=loc.device)
-        plain = {"scale_tril": eye, "learnable_scale": self._init_scale}
-        if self._init == "loc":
-            return {"loc": loc, "init": "loc", **plain}
-
-        def log_density(u: torch.Tensor) -> torch.Tensor:
-            try:
-                return self._unconstrained_log_density(u, args, kwargs)
-            except (ValueError, RuntimeError):  # e.g. a scale that underflowed to 0 in the model
-                return (u * 0).sum() - math.inf
-
-        try:
-            with pyro.poutine.block(), warnings.catch_warnings():
-                # trial points of the mode search may underflow a scale; they are rejected, and
-                # Pyro's "Encountered NaN" warnings about them would only confuse
-                warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
-                if self._init == "map":
-                    mode = find_mode(log_density, loc)
-                    return {"loc": mode.mode, "init": "map", "mode": mode, **plain}
-                mode, tril, kind = laplace_approximation(
-                    log_density, loc, fallback_scale=self._init_scale
-                )
-                # A mode need not be representative (a funnel's density peaks in its neck): keep
-                # the Laplace start only if its ELBO beats the init_loc_fn start's.
-                elbo_laplace = gaussian_elbo(log_density, mode.mode, tril)
-                elbo_loc = gaussian_elbo(log_density, loc, self._init_scale * eye)
-        except (ValueError, RuntimeError) as err:  # no usable mode (e.g. an unbounded density)
-            warnings.warn(
-                f"FlowGuide: the {self._init} initialisation failed ({type(err).__name__}: "
-                f"{str(err).splitlines()[0][:200]}); starting from init_loc_fn and init_scale",
-                LaplaceFallbackWarning,
-                stacklevel=4,
-            )
-            return {"loc": loc, "init": f"loc ({self._init} failed)", **plain}
-        if not math.isfinite(elbo_laplace) or not bool(torch.isfinite(mode.mode).all()):
-            elbo_laplace = -math.inf
-        info = {"mode": mode, "elbo_laplace": elbo_laplace, "elbo_init_loc": elbo_loc}
-        if elbo_laplace >= elbo_loc:
-            return {
-                "loc": mode.mode,
-                "scale_tril": tril,
-                "learnable_scale": 1.0,
-                "init": f"laplace ({kind})",
-                **info,
-            }
-        return {"loc": loc, "init": "loc (Laplace rejected: lower ELBO)", **info, **plain}
 
     def _unconstrained_log_density(
         self, u: torch.Tensor, args: tuple, kwargs: dict

@@ -65,6 +65,7 @@ class ModeResult:
 def _value_and_grad(
     fn: Callable[[torch.Tensor], torch.Tensor], u: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``fn(u)`` (detached) and its gradient at ``u``."""
     u = u.detach().requires_grad_(True)
     value = fn(u)
     (grad,) = torch.autograd.grad(value, u)
@@ -90,6 +91,18 @@ def find_mode(
         >>> torch.allclose(result.mode, torch.ones(3, dtype=torch.float64), atol=1e-6), result.method
         (True, 'lbfgs')
     """
+    point, evaluations = _lbfgs_search(log_density, init, max_iter)
+    method = "lbfgs"
+    if point is None:
+        method, point = "adam", _adam_search(log_density, init, max_iter)
+    u, value, grad = point
+    return ModeResult(u.detach(), float(value), method, evaluations, float(grad.abs().max()))
+
+
+def _lbfgs_search(
+    log_density: Callable[[torch.Tensor], torch.Tensor], init: torch.Tensor, max_iter: int
+) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, int]:
+    """L-BFGS from ``init``: ``((u, ℓ(u), ∇ℓ(u)) or None if it went non-finite, evaluations)``."""
     u = init.detach().clone().requires_grad_(True)
     opt = torch.optim.LBFGS(
         [u],
@@ -100,48 +113,53 @@ def find_mode(
         history_size=20,
         line_search_fn="strong_wolfe",
     )
-    state = {"evals": 0}
+    evaluations = 0
 
     def closure() -> torch.Tensor:
+        nonlocal evaluations
         opt.zero_grad()
         loss = -log_density(u)
-        state["evals"] += 1
+        evaluations += 1
         if torch.isfinite(loss):
             loss.backward()
         return loss
 
-    method = "lbfgs"
     try:
         opt.step(closure)
         value, grad = _value_and_grad(log_density, u)
-        ok = (
-            bool(torch.isfinite(value))
-            and bool(torch.isfinite(grad).all())
-            and bool(torch.isfinite(u).all())
-        )
     except (RuntimeError, ValueError):
-        ok = False
-    if not ok:
-        method = "adam"
-        u = init.detach().clone().requires_grad_(True)
-        adam = torch.optim.Adam([u], lr=0.05)
-        sched = torch.optim.lr_scheduler.ExponentialLR(adam, gamma=0.995)
-        best, best_u = -float("inf"), u.detach().clone()
-        for _ in range(max_iter):
-            adam.zero_grad()
-            value = log_density(u)
-            if not torch.isfinite(value):
-                with torch.no_grad():
-                    u.copy_(best_u)
-                continue
-            if float(value.detach()) > best:
-                best, best_u = float(value.detach()), u.detach().clone()
-            (-value).backward()
-            adam.step()
-            sched.step()
-        u = best_u.requires_grad_(True)
-        value, grad = _value_and_grad(log_density, u)
-    return ModeResult(u.detach(), float(value), method, state["evals"], float(grad.abs().max()))
+        return None, evaluations
+    finite = (
+        bool(torch.isfinite(value))
+        and bool(torch.isfinite(grad).all())
+        and bool(torch.isfinite(u).all())
+    )
+    return ((u, value, grad) if finite else None), evaluations
+
+
+def _adam_search(
+    log_density: Callable[[torch.Tensor], torch.Tensor], init: torch.Tensor, max_iter: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Adam with a decaying step from ``init``: the best point seen, ``(u, ℓ(u), ∇ℓ(u))``."""
+    u = init.detach().clone().requires_grad_(True)
+    adam = torch.optim.Adam([u], lr=0.05)
+    sched = torch.optim.lr_scheduler.ExponentialLR(adam, gamma=0.995)
+    best, best_u = -float("inf"), u.detach().clone()
+    for _ in range(max_iter):
+        adam.zero_grad()
+        value = log_density(u)
+        if not torch.isfinite(value):
+            with torch.no_grad():
+                u.copy_(best_u)
+            continue
+        if float(value.detach()) > best:
+            best, best_u = float(value.detach()), u.detach().clone()
+        (-value).backward()
+        adam.step()
+        sched.step()
+    u = best_u.requires_grad_(True)
+    value, grad = _value_and_grad(log_density, u)
+    return u, value, grad
 
 
 def laplace_scale_tril(
@@ -178,26 +196,43 @@ def laplace_scale_tril(
         return _diagonal_fallback(
             torch.full_like(mode, float("nan")), fallback_scale, "the Hessian is not finite"
         )
+    scale_tril = _full_scale_tril(precision)
+    if scale_tril is not None:
+        return scale_tril.to(mode.dtype), "full"
+    scale_tril, kind = _diagonal_fallback(
+        precision.diagonal(), fallback_scale, _why_not_full(precision)
+    )
+    return scale_tril.to(mode.dtype), kind
+
+
+def _full_scale_tril(precision: torch.Tensor) -> torch.Tensor | None:
+    """Cholesky factor of ``precision⁻¹``, or ``None`` if ``precision`` is not safely positive
+    definite (smallest eigenvalue at most ``D ε`` times the largest)."""
+    dim = precision.shape[-1]
     chol, info = torch.linalg.cholesky_ex(precision)
-    if int(info) == 0:
-        eig = torch.linalg.eigvalsh(precision)
-        if float(eig.min()) > dim * torch.finfo(eig.dtype).eps * float(eig.max()):
-            cov = torch.cholesky_inverse(chol)
-            cov = 0.5 * (cov + cov.T)
-            scale_tril, info2 = torch.linalg.cholesky_ex(cov)
-            if int(info2) == 0 and bool(torch.isfinite(scale_tril).all()):
-                return scale_tril.to(mode.dtype), "full"
+    if int(info) != 0:
+        return None
+    eig = torch.linalg.eigvalsh(precision)
+    if not float(eig.min()) > dim * torch.finfo(eig.dtype).eps * float(eig.max()):
+        return None
+    cov = torch.cholesky_inverse(chol)
+    cov = 0.5 * (cov + cov.T)
+    scale_tril, info = torch.linalg.cholesky_ex(cov)
+    if int(info) == 0 and bool(torch.isfinite(scale_tril).all()):
+        return scale_tril
+    return None
+
+
+def _why_not_full(precision: torch.Tensor) -> str:
+    """Why :func:`_full_scale_tril` rejected ``precision``, for the fallback warning."""
     eig = torch.linalg.eigvalsh(precision)
     eig_min, eig_max = float(eig.min()), float(eig.max())
     if eig_min > 0:
-        why = (
+        return (
             f"the negative Hessian at the mode is too ill-conditioned for {precision.dtype} "
             f"(eigenvalues from {eig_min:.3g} to {eig_max:.3g})"
         )
-    else:
-        why = f"the negative Hessian at the mode is not positive definite (smallest eigenvalue {eig_min:.3g})"
-    scale_tril, kind = _diagonal_fallback(precision.diagonal(), fallback_scale, why)
-    return scale_tril.to(mode.dtype), kind
+    return f"the negative Hessian at the mode is not positive definite (smallest eigenvalue {eig_min:.3g})"
 
 
 def newton_refine(
@@ -230,30 +265,41 @@ def newton_refine(
         precision = -0.5 * (hess + hess.T)
         if not bool(torch.isfinite(precision).all()):
             break
-        scaling = precision.diagonal().abs()
-        scaling = torch.where(scaling > 0, scaling, torch.ones_like(scaling))
-        g = grad.double().unsqueeze(-1)
-        accepted = False
-        while damping <= 1e10:
-            chol, info = torch.linalg.cholesky_ex(precision + damping * torch.diag(scaling))
-            if int(info) == 0:
-                step = torch.cholesky_solve(g, chol).squeeze(-1).to(u.dtype)
-                candidate = u + step
-                with torch.no_grad():
-                    new_value = log_density(candidate)
-                if bool(torch.isfinite(new_value)) and float(new_value) >= float(value):
-                    accepted = True
-                    damping = max(damping / 10.0, 1e-12)
-                    break
-            damping *= 10.0
-        if not accepted:
+        accepted, damping = _damped_newton_step(log_density, u, value, grad, precision, damping)
+        if accepted is None:
             break
+        candidate, new_value = accepted
         gain = float(new_value) - float(value)
         u = candidate.detach()
         value, grad = _value_and_grad(log_density, u)
         if gain <= 1e-12 * (1.0 + abs(float(value))):
             break
     return u
+
+
+def _damped_newton_step(
+    log_density: Callable[[torch.Tensor], torch.Tensor],
+    u: torch.Tensor,
+    value: torch.Tensor,
+    grad: torch.Tensor,
+    precision: torch.Tensor,
+    damping: float,
+) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, float]:
+    """Grow the damping until a step does not lower ``ℓ``: ``((u + δ, ℓ(u + δ)) or None, damping)``."""
+    scaling = precision.diagonal().abs()
+    scaling = torch.where(scaling > 0, scaling, torch.ones_like(scaling))
+    g = grad.double().unsqueeze(-1)
+    while damping <= 1e10:
+        chol, info = torch.linalg.cholesky_ex(precision + damping * torch.diag(scaling))
+        if int(info) == 0:
+            step = torch.cholesky_solve(g, chol).squeeze(-1).to(u.dtype)
+            candidate = u + step
+            with torch.no_grad():
+                new_value = log_density(candidate)
+            if bool(torch.isfinite(new_value)) and float(new_value) >= float(value):
+                return (candidate, new_value), max(damping / 10.0, 1e-12)
+        damping *= 10.0
+    return None, damping
 
 
 def laplace_approximation(
@@ -334,6 +380,7 @@ def _hessian_diagonal(
 def _diagonal_fallback(
     precision_diag: torch.Tensor, fallback_scale: float, why: str
 ) -> tuple[torch.Tensor, str]:
+    """Diagonal ``L`` from the positive finite precisions (``fallback_scale`` elsewhere), warned."""
     ok = torch.isfinite(precision_diag) & (precision_diag > 0)
     scale = torch.where(
         ok,

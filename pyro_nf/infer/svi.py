@@ -165,6 +165,11 @@ def _trainable_parameters(
 def default_early_stopping(steps: int) -> EarlyStopping:
     """The convergence rule :func:`fit` uses by default for a budget of ``steps``.
 
+    When the smoothed ELBO stops improving, divide the learning rate by 10, twice, then stop at
+    the next plateau (:class:`~pyro_nf.training.EarlyStopping` with patience
+    ``clip(steps // 10, 200, 500)`` steps, smoothing 0.02, ``lr_decays=2``); the decays shrink
+    the jitter of the final iterate, which is proportional to the learning rate.
+
     Example:
         >>> default_early_stopping(5000)
         EarlyStopping(patience=500, min_delta=0.0, rel_delta=0.0001, smoothing=0.02, min_steps=0, lr_decays=2, decay_factor=0.1)
@@ -197,13 +202,10 @@ def fit(
         steps: maximum number of optimization steps.
         elbo, num_particles, vectorize_particles, alpha, max_plate_nesting: see :func:`make_elbo`.
         lr: learning rate (Adam by default).
-        early_stopping: ``True`` (default): when the smoothed ELBO stops improving, divide the
-            learning rate by 10, twice, then stop at the next plateau
-            (:class:`~pyro_nf.training.EarlyStopping` with patience ``clip(steps // 10, 200, 500)``
-            steps, smoothing 0.02, ``lr_decays=2``); the decays shrink the jitter of the final
-            iterate, which is proportional to the learning rate. A :class:`ConvergenceWarning`
-            says when ``steps`` ran out first. ``None`` runs all ``steps`` at ``lr`` (or its
-            ``lr_schedule``).
+        early_stopping: ``True`` (default): :func:`default_early_stopping` (divide the learning
+            rate by 10 twice, then stop, at plateaus of the smoothed ELBO); a
+            :class:`ConvergenceWarning` says when ``steps`` ran out first. ``None`` runs all
+            ``steps`` at ``lr`` (or its ``lr_schedule``).
         model_kwargs: keyword arguments of the model and guide.
         **train_kwargs: passed to :func:`pyro_nf.training.train` (``optimizer``, ``lr_schedule``,
             ``clip_norm``, ``early_stopping``, ``checkpoint``, ``progress``, ...).
@@ -235,14 +237,24 @@ def fit(
         early_stopping = default_early_stopping(steps)
     history = train(loss_fn, params, steps, lr=lr, early_stopping=early_stopping, **train_kwargs)
     if early_stopping and history.stop_reason == "max_steps":
-        warnings.warn(
-            f"fit: the smoothed ELBO was still improving after {steps} steps (not converged); "
-            "consider more steps. history.converged is False.",
-            ConvergenceWarning,
-            stacklevel=2,
-        )
+        _warn_not_converged(steps)
+    _attach_history(guide, history)
+    return history
+
+
+def _warn_not_converged(steps: int) -> None:
+    """Warn (at :func:`fit`'s caller) that the step budget ran out before convergence."""
+    warnings.warn(
+        f"fit: the smoothed ELBO was still improving after {steps} steps (not converged); "
+        "consider more steps. history.converged is False.",
+        ConvergenceWarning,
+        stacklevel=3,
+    )
+
+
+def _attach_history(guide: Callable, history: History) -> None:
+    """Store ``history`` on the guide, for ``guide.report()`` and :func:`pyro_nf.diagnose`."""
     try:
-        guide.history = history  # read by guide.report() / pyro_nf.diagnose
+        guide.history = history
     except AttributeError:  # pragma: no cover - guides that refuse attributes
         pass
-    return history

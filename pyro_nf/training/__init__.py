@@ -1,19 +1,42 @@
-"""The one training loop (:func:`train`) that every fitter hands its loss closure to."""
+"""The one training loop (:func:`train`) that every fitter hands its loss closure to.
 
+Its parts live in one module each: :mod:`.loop` (:func:`train`), :mod:`.history`,
+:mod:`.stopping`, :mod:`.optim`, :mod:`.guard`, :mod:`.checkpoint`, :mod:`.progress` and
+:mod:`.distributed` (data-parallel training with ``torch.distributed``).
+"""
+
+from .distributed import (
+    DistributedContext,
+    free_port,
+    init_distributed,
+    launch_local,
+    shard,
+    shutdown,
+)
 from .loop import (
     EarlyStopping,
     History,
     NaNRestoreWarning,
+    Plateau,
     TrainingDivergedError,
+    atomic_save,
     auto_clip_threshold,
     train,
 )
 
 __all__ = [
+    "DistributedContext",
     "EarlyStopping",
     "History",
     "NaNRestoreWarning",
+    "Plateau",
     "TrainingDivergedError",
+    "atomic_save",
     "auto_clip_threshold",
+    "free_port",
+    "init_distributed",
+    "launch_local",
+    "shard",
+    "shutdown",
     "train",
 ]

@@ -209,10 +209,7 @@ def _solve_root(c: torch.Tensor, m: torch.Tensor, rtol: float, max_iter: int) ->
             "invert or in the layer's parameters)"
         )
     c, m = torch.broadcast_tensors(c, m)
-    lo, hi = c - m.abs(), c + m.abs()
-    linear = c.abs() <= 1.0 + m
-    s = torch.where(linear, c / (1.0 + m), c - m * torch.sign(c))
-    s = torch.minimum(torch.maximum(s, lo), hi)
+    s, lo, hi = _root_start(c, m)
     step_old = hi - lo
     done = torch.zeros_like(c, dtype=torch.bool)
     for _ in range(max_iter):
@@ -231,8 +228,25 @@ def _solve_root(c: torch.Tensor, m: torch.Tensor, rtol: float, max_iter: int) ->
         s = s_new
         if bool(done.all()):
             return s
+    raise _not_converged(c, m, done, rtol, max_iter)
+
+
+def _root_start(
+    c: torch.Tensor, m: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The start ``s`` and the bracket ``[lo, hi] = [c - |m|, c + |m|]`` of the root finder."""
+    lo, hi = c - m.abs(), c + m.abs()
+    linear = c.abs() <= 1.0 + m
+    s = torch.where(linear, c / (1.0 + m), c - m * torch.sign(c))
+    return torch.minimum(torch.maximum(s, lo), hi), lo, hi
+
+
+def _not_converged(
+    c: torch.Tensor, m: torch.Tensor, done: torch.Tensor, rtol: float, max_iter: int
+) -> PlanarInverseError:
+    """The error for points that are not ``done``, naming the worst ``c`` and ``1 + m`` there."""
     bad = ~done
-    raise PlanarInverseError(
+    return PlanarInverseError(
         f"planar inverse: the root finder did not converge to rtol={rtol:g} within "
         f"max_iter={max_iter} iterations for {int(bad.sum())} of {done.numel()} points "
         f"(there: largest |c| = {float(c[bad].abs().max()):.3g}, smallest 1 + m = "

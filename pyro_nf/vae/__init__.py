@@ -52,24 +52,33 @@ from .likelihoods import (
 from .model import VAE, flow_vae, standard_normal_log_prob
 from .networks import ConvEncoder, MLPDecoder, MLPEncoder
 from .posteriors import FLOWS, PyroConditionalPosterior, make_posterior, rsample_and_log_prob
-from .training import EpochBatches, VAEEvaluation, evaluate_vae, fit_vae, seeded_normal
+from .training import (
+    EpochBatches,
+    VAEEvaluation,
+    VAETrainConfig,
+    evaluate_vae,
+    fit_vae,
+    seeded_normal,
+    train_vae,
+)
 
 __all__ = [
-    "DATASETS",
-    "FLOWS",
-    "VAE",
     "BernoulliLikelihood",
     "ConvEncoder",
+    "DATASETS",
     "DiscretizedLogistic",
     "DiscretizedLogisticLikelihood",
     "EpochBatches",
+    "FLOWS",
     "GaussianLikelihood",
     "Likelihood",
     "MLPDecoder",
     "MLPEncoder",
     "PyroConditionalPosterior",
+    "VAE",
     "VAEData",
     "VAEEvaluation",
+    "VAETrainConfig",
     "evaluate_vae",
     "fit_vae",
     "flow_vae",
@@ -79,4 +88,5 @@ __all__ = [
     "rsample_and_log_prob",
     "seeded_normal",
     "standard_normal_log_prob",
+    "train_vae",
 ]

@@ -22,7 +22,7 @@ import torch
 
 from .. import datasets
 
-__all__ = ["VAEData", "load_vae_data", "DATASETS"]
+__all__ = ["DATASETS", "VAEData", "load_vae_data"]
 
 #: the dataset names :func:`load_vae_data` knows.
 DATASETS = ("mnist", "frey", "caltech", "digits")

@@ -50,11 +50,11 @@ from torch.distributions import constraints
 from ..utils.validation import check_positive_int
 
 __all__ = [
-    "Likelihood",
     "BernoulliLikelihood",
-    "DiscretizedLogisticLikelihood",
     "DiscretizedLogistic",
+    "DiscretizedLogisticLikelihood",
     "GaussianLikelihood",
+    "Likelihood",
     "discretized_logistic_log_prob",
     "make_likelihood",
 ]

@@ -72,6 +72,7 @@ def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
 
 
 def _check_kl_weight(kl_weight: float) -> float:
+    """``kl_weight`` as a float; raise :class:`ValueError` unless it is finite and >= 0."""
     if (
         isinstance(kl_weight, bool)
         or not isinstance(kl_weight, (int, float))
@@ -118,6 +119,7 @@ class VAE(nn.Module):
 
     # -- pieces ------------------------------------------------------------------------------
     def _check_x(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` itself, after checking that its last dimension is ``data_dim``."""
         check_event("x", x, self.data_dim, finite=False)
         return x
 
@@ -210,26 +212,34 @@ class VAE(nn.Module):
             )
         check_positive_int("num_samples", num_samples)
         check_positive_int("max_pairs", max_pairs)
-        data_chunk = max(1, max_pairs // num_samples)
         sample_chunk = min(num_samples, max_pairs)
         log_px, elbos = [], []
-        for xb in x.split(data_chunk):
-            q = self.encode(xb)
-            parts, total = [], 0.0
-            for start in range(0, num_samples, sample_chunk):
-                s = min(sample_chunk, num_samples - start)
-                z, log_q = rsample_and_log_prob(q, (s,))
-                log_w = self.log_joint(xb, z) - log_q
-                parts.append(torch.logsumexp(log_w, 0))
-                total = total + log_w.sum(0)
-            lse = torch.logsumexp(torch.stack(parts), 0) if len(parts) > 1 else parts[0]
-            log_px.append(lse - math.log(num_samples))
-            elbos.append(total / num_samples)
+        for xb in x.split(max(1, max_pairs // num_samples)):
+            lp, elbo = self._log_likelihood_chunk(xb, num_samples, sample_chunk)
+            log_px.append(lp)
+            elbos.append(elbo)
         out = torch.cat(log_px)
         return (out, torch.cat(elbos)) if return_elbo else out
 
+    def _log_likelihood_chunk(
+        self, x: torch.Tensor, num_samples: int, sample_chunk: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        r""":math:`\log \hat p_K(x)` and the mean log-weight for one chunk of data points,
+        drawing the ``K = num_samples`` samples ``sample_chunk`` at a time."""
+        q = self.encode(x)
+        parts, total = [], 0.0
+        for start in range(0, num_samples, sample_chunk):
+            s = min(sample_chunk, num_samples - start)
+            z, log_q = rsample_and_log_prob(q, (s,))
+            log_w = self.log_joint(x, z) - log_q
+            parts.append(torch.logsumexp(log_w, 0))
+            total = total + log_w.sum(0)
+        lse = torch.logsumexp(torch.stack(parts), 0) if len(parts) > 1 else parts[0]
+        return lse - math.log(num_samples), total / num_samples
+
     # -- the Pyro model/guide pair -----------------------------------------------------------
-    def _plate(self, x: torch.Tensor, num_data: int | None):
+    def _plate(self, x: torch.Tensor, num_data: int | None) -> pyro.plate:
+        """The data plate over ``x``'s rows, subsampled from ``num_data`` when given."""
         n = x.shape[0]
         if num_data is None:
             return pyro.plate("data", n, dim=-1)
@@ -320,9 +330,25 @@ def flow_vae(
     hidden = tuple(hidden)
     if not hidden:
         raise ValueError("hidden: expected at least one encoder width, got ()")
+    enc = _make_encoder(encoder, data_dim, hidden, image_shape, activation)
+    lik = make_likelihood(likelihood, data_dim)
+    dec_hidden = tuple(decoder_hidden) if decoder_hidden is not None else hidden[::-1]
+    dec = MLPDecoder(z_dim, lik.num_params, dec_hidden, activation)
+    post = make_posterior(flow, z_dim, hidden[-1], depth, flow_hidden)
+    return VAE(enc, post, dec, lik, z_dim)
+
+
+def _make_encoder(
+    encoder: str,
+    data_dim: int,
+    hidden: tuple[int, ...],
+    image_shape: Sequence[int] | None,
+    activation: type[nn.Module],
+) -> nn.Module:
+    """The encoder ``x ↦ h`` of :func:`flow_vae`: an MLP or a conv net with context ``hidden[-1]``."""
     if encoder == "mlp":
-        enc: nn.Module = MLPEncoder(data_dim, hidden, activation)
-    elif encoder == "conv":
+        return MLPEncoder(data_dim, hidden, activation)
+    if encoder == "conv":
         if image_shape is None:
             raise ValueError("image_shape: expected (H, W) for encoder='conv', got None")
         enc = ConvEncoder(image_shape, out_features=hidden[-1], activation=activation)
@@ -330,10 +356,5 @@ def flow_vae(
             raise ValueError(
                 f"image_shape: expected a shape with {data_dim} pixels, got {tuple(image_shape)}"
             )
-    else:
-        raise ValueError(f"encoder: expected 'mlp' or 'conv', got {encoder!r}")
-    lik = make_likelihood(likelihood, data_dim)
-    dec_hidden = tuple(decoder_hidden) if decoder_hidden is not None else hidden[::-1]
-    dec = MLPDecoder(z_dim, lik.num_params, dec_hidden, activation)
-    post = make_posterior(flow, z_dim, hidden[-1], depth, flow_hidden)
-    return VAE(enc, post, dec, lik, z_dim)
+        return enc
+    raise ValueError(f"encoder: expected 'mlp' or 'conv', got {encoder!r}")

@@ -27,7 +27,7 @@ from torch import nn
 from ..utils.nn import MLP
 from ..utils.validation import check_positive_int
 
-__all__ = ["MLPEncoder", "ConvEncoder", "MLPDecoder"]
+__all__ = ["ConvEncoder", "MLPDecoder", "MLPEncoder"]
 
 
 def _check_widths(name: str, widths: Sequence[int], allow_empty: bool = False) -> tuple[int, ...]:

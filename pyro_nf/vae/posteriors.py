@@ -45,12 +45,7 @@ from ..flows.layers import DiagonalAffineLayer
 from ..flows.registry import family_names, get_family
 from ..utils.validation import check_positive_int
 
-__all__ = [
-    "FLOWS",
-    "make_posterior",
-    "PyroConditionalPosterior",
-    "rsample_and_log_prob",
-]
+__all__ = ["FLOWS", "PyroConditionalPosterior", "make_posterior", "rsample_and_log_prob"]
 
 #: Pyro's own conditional posteriors, for side-by-side comparisons.
 PYRO_KINDS = ("pyro-diag", "pyro-planar", "pyro-planar-linear", "pyro-iaf")
@@ -78,6 +73,7 @@ class _ConditionalDiagNormal(nn.Module, ConditionalDistribution):
         self.dim = dim
 
     def condition(self, context: torch.Tensor) -> dist.TorchDistribution:
+        """The diagonal Normal for ``context``."""
         loc, raw = self.linear(context).split(self.dim, dim=-1)
         return dist.Normal(loc, F.softplus(raw)).to_event(1)
 
@@ -218,6 +214,13 @@ def make_posterior(
     if kind in PYRO_KINDS:
         depth = (2 if kind == "pyro-iaf" else 10) if depth is None else depth
         return _pyro_posterior(kind, dim, context_dim, check_positive_int("depth", depth), hidden)
+    return _family_posterior(kind, dim, context_dim, depth, hidden)
+
+
+def _family_posterior(
+    kind: str, dim: int, context_dim: int, depth: int | None, hidden: Sequence[int] | None
+) -> nn.Module:
+    """An amortized pyro-nf flow of the registered family ``kind`` (its VAE depth by default)."""
     family = get_family(kind, use="vae", argname="kind")
     family.check_dim(dim, argname="dim")
     depth = family.vae_depth if depth is None else check_positive_int("depth", depth)
@@ -274,12 +277,24 @@ def rsample_and_log_prob(
         z = q.rsample(torch.Size(sample_shape))
         return z, q.log_prob(z)
     if isinstance(q, FlowDistribution):
-        log_q = -0.5 * (eps * eps).sum(-1) - q.flow.dim * _HALF_LOG_2PI
-        z = eps
-        for t in q.transforms():
-            z, ladj = t.forward_and_log_det(z)
-            log_q = log_q - ladj
-        return z, log_q
+        return _push_through_flow(q, eps)
+    return _push_through_pyro(q, eps)
+
+
+def _push_through_flow(q: FlowDistribution, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``eps`` pushed through a :class:`~pyro_nf.FlowDistribution`'s maps, with ``log q``."""
+    log_q = -0.5 * (eps * eps).sum(-1) - q.flow.dim * _HALF_LOG_2PI
+    z = eps
+    for t in q.transforms():
+        z, ladj = t.forward_and_log_det(z)
+        log_q = log_q - ladj
+    return z, log_q
+
+
+def _push_through_pyro(
+    q: torch.distributions.Distribution, eps: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``eps`` pushed through a (transformed) Normal's base and transforms, with ``log q``."""
     outer, transforms = q, []
     if isinstance(q, torch.distributions.TransformedDistribution):
         outer, transforms = q.base_dist, q.transforms

@@ -13,7 +13,9 @@ takes the ``t``-th block of ``B`` indices; in a data-parallel run rank ``r`` of 
 every ``W``-th index of that block (``block[r::W]``), so the union of the ranks' shards is the
 single-process batch. The loss of a rank is :math:`-\frac{W}{B}\sum_{i \in \text{shard}}
 \mathcal L(x_i)`, so averaging gradients over ranks (what ``DistributedDataParallel`` does)
-gives exactly the gradient of the full batch's mean.
+gives exactly the gradient of the full batch's mean. :func:`train_vae` is the one loop of
+:func:`fit_vae` and :func:`pyro_nf.vae.distributed.fit_vae_distributed`; its options are a
+:class:`VAETrainConfig`, and the data parallelism is that of :func:`pyro_nf.training.train`.
 
 **Noise.** By default the posterior noise comes from torch's global RNG. With
 ``seeded_noise=True`` step ``t`` draws the whole batch's base noise from a generator seeded by
@@ -30,18 +32,27 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..training.distributed import rank_and_world_size, use_data_parallel
 from ..training.loop import EarlyStopping, History, train
 from ..utils.validation import check_positive_int
 from .model import VAE
 
-__all__ = ["EpochBatches", "fit_vae", "evaluate_vae", "VAEEvaluation", "seeded_normal"]
+__all__ = [
+    "EpochBatches",
+    "VAEEvaluation",
+    "VAETrainConfig",
+    "evaluate_vae",
+    "fit_vae",
+    "seeded_normal",
+    "train_vae",
+]
 
 
 class EpochBatches:
@@ -118,6 +129,7 @@ def seeded_normal(
 
 
 def _check_float(name: str, value: Any, minimum: float = 0.0) -> float:
+    """``value`` as a float if it is a finite number ``>= minimum``, else ``ValueError``."""
     if (
         isinstance(value, bool)
         or not isinstance(value, (int, float))
@@ -128,6 +140,7 @@ def _check_float(name: str, value: Any, minimum: float = 0.0) -> float:
 
 
 def _check_data(name: str, data: Any, dim: int) -> torch.Tensor:
+    """``data`` if it is a non-empty ``(N, dim)`` tensor, else ``ValueError``."""
     if not isinstance(data, torch.Tensor) or data.dim() != 2 or data.shape[1] != dim:
         got = tuple(data.shape) if isinstance(data, torch.Tensor) else type(data).__name__
         raise ValueError(f"{name}: expected a tensor of shape (N, {dim}), got {got}")
@@ -137,12 +150,9 @@ def _check_data(name: str, data: Any, dim: int) -> torch.Tensor:
 
 
 def _model_dtype_device(vae: nn.Module) -> tuple[torch.dtype, torch.device]:
+    """The dtype and device of the model's (first) parameter."""
     p = next(vae.parameters())
     return p.dtype, p.device
-
-
-def _identity_reduce(values: torch.Tensor) -> torch.Tensor:
-    return values
 
 
 def _fused_adam(params: list[torch.Tensor]) -> torch.optim.Optimizer:
@@ -153,129 +163,213 @@ def _fused_adam(params: list[torch.Tensor]) -> torch.optim.Optimizer:
         return torch.optim.Adam(params)
 
 
-def _fit(
+@dataclass(frozen=True)
+class VAETrainConfig:
+    r"""The options of :func:`fit_vae` (and :func:`~pyro_nf.vae.distributed.fit_vae_distributed`),
+    checked once on construction.
+
+    Attributes:
+        epochs: number of passes over the data (may be fractional).
+        batch_size: minibatch size ``B`` (global, over all ranks).
+        lr: learning rate (of Adam by default, with torch's fused update where supported).
+        num_particles: samples of ``z`` per data point and step.
+        kl_warmup: length of the linear KL warm-up, in epochs (0: none).
+        seed: seed of the minibatch schedule (and of ``seeded_noise``).
+        patience: early-stopping patience in epochs (``None``: no early stopping).
+        lr_decays: with ``patience``: at each of the first ``lr_decays`` plateaus of the
+            validation ELBO divide the learning rate by 10 and go on (see
+            :class:`pyro_nf.training.EarlyStopping`); the next plateau stops.
+        validate_every: validation period in steps (default: once per epoch).
+        valid_batch_size: batch size of the validation pass.
+        seeded_noise: draw each step's noise from a ``(seed, step)``-seeded generator.
+        drop_last: drop the last, smaller batch of each epoch.
+        nan_policy: ``"raise"`` (default) stops at the first non-finite loss or gradient with
+            the last good parameters in place; ``"restore"`` rolls back and halves the lr, but
+            copies all parameters and optimizer state every step. See
+            :func:`pyro_nf.training.train`.
+        clip_norm: gradient-norm clipping as in :func:`pyro_nf.training.train`; the default
+            ``"auto"`` cuts only spikes above 5 times the recent median norm (planar encoders
+            need it). ``None`` turns it off.
+        optimizer, lr_schedule, checkpoint, checkpoint_every (default one epoch),
+            resume, progress, desc, callback: as in :func:`pyro_nf.training.train`.
+        distributed: data-parallel over the initialized process group, as in
+            :func:`pyro_nf.training.train` (``False`` for :func:`fit_vae`, ``None``: automatic,
+            for :func:`~pyro_nf.vae.distributed.fit_vae_distributed`).
+
+    Example:
+        >>> VAETrainConfig(epochs=2).batch_size
+        100
+        >>> VAETrainConfig(lr_decays=1)
+        Traceback (most recent call last):
+        ...
+        ValueError: lr_decays: needs patience (early stopping), got lr_decays=1
+    """
+
+    epochs: float = 10
+    batch_size: int = 100
+    lr: float = 1e-3
+    num_particles: int = 1
+    kl_warmup: float = 0.0
+    seed: int = 0
+    patience: float | None = None
+    lr_decays: int = 0
+    validate_every: int | None = None
+    valid_batch_size: int = 1000
+    seeded_noise: bool = False
+    drop_last: bool = False
+    optimizer: Any = "adam"
+    lr_schedule: Any = None
+    clip_norm: float | str | None = "auto"
+    checkpoint: str | os.PathLike | None = None
+    checkpoint_every: int | None = None
+    resume: bool = True
+    nan_policy: str = "raise"
+    progress: bool = True
+    desc: str = "vae"
+    callback: Callable[[int, History], bool | None] | None = None
+    distributed: bool | None = False
+
+    def __post_init__(self) -> None:
+        epochs = _check_float("epochs", self.epochs)
+        if epochs <= 0:
+            raise ValueError(f"epochs: expected a positive number, got {epochs!r}")
+        check_positive_int("num_particles", self.num_particles)
+        check_positive_int("valid_batch_size", self.valid_batch_size)
+        for name in ("epochs", "kl_warmup", "lr") + (
+            ("patience",) if self.patience is not None else ()
+        ):
+            object.__setattr__(self, name, _check_float(name, getattr(self, name)))
+        if self.patience is None and self.lr_decays:
+            raise ValueError(
+                f"lr_decays: needs patience (early stopping), got lr_decays={self.lr_decays}"
+            )
+
+    @classmethod
+    def from_arguments(cls, arguments: Mapping[str, Any], **overrides: Any) -> VAETrainConfig:
+        """The config of the fields found in ``arguments`` (e.g. a fitter's ``locals()``).
+
+        Example:
+            >>> VAETrainConfig.from_arguments({"epochs": 3, "vae": None}, desc="x").desc
+            'x'
+        """
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in arguments.items() if k in names}, **overrides)
+
+    def train_options(self, steps_per_epoch: int) -> dict[str, Any]:
+        """The keywords of :func:`pyro_nf.training.train` (periods default to one epoch)."""
+        es = None
+        if self.patience is not None:
+            es = EarlyStopping(
+                patience=max(1, round(self.patience * steps_per_epoch)),
+                min_steps=round(self.kl_warmup * steps_per_epoch),
+                lr_decays=self.lr_decays,
+            )
+        options = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {
+            **{k: options[k] for k in _TRAIN_KEYS},
+            "optimizer": _fused_adam if self.optimizer == "adam" else self.optimizer,
+            "early_stopping": es,
+            "validate_every": self.validate_every or steps_per_epoch,
+            "restore_best": True,
+            "checkpoint_every": self.checkpoint_every or steps_per_epoch,
+        }
+
+
+#: The options that :func:`train_vae` hands to :func:`pyro_nf.training.train` unchanged.
+_TRAIN_KEYS = (
+    "lr", "lr_schedule", "clip_norm", "checkpoint", "resume", "nan_policy", "progress", "desc",
+    "callback", "distributed",
+)  # fmt: skip
+
+
+def _elbo_loss(
+    vae: VAE,
+    data: torch.Tensor,
+    batches: EpochBatches,
+    config: VAETrainConfig,
+) -> Callable[[int], torch.Tensor]:
+    r"""The loss closure: this rank's :math:`-\frac{W}{B}\sum_{i\in\text{shard}}\mathcal L_\beta(x_i)`."""
+    dtype, device = _model_dtype_device(vae)
+    rank, world_size = batches.rank, batches.world_size
+    warm = round(config.kl_warmup * batches.steps_per_epoch)
+    k, z_dim = config.num_particles, vae.z_dim
+
+    def loss_fn(step: int) -> torch.Tensor:
+        idx = batches.global_indices(step)
+        n_global = len(idx)
+        xb = data[idx[rank::world_size].to(device)].to(dtype)
+        beta = min(1.0, (step + 1) / warm) if warm > 0 else 1.0
+        eps = None
+        if config.seeded_noise:
+            eps = seeded_normal(config.seed, step, (k, n_global, z_dim), dtype, device)
+            eps = eps[:, rank::world_size]
+        elbo = vae(xb, num_particles=k, kl_weight=beta, eps=eps)
+        return -elbo.sum() * (world_size / n_global)
+
+    return loss_fn
+
+
+def _validation(
+    vae: VAE, data: torch.Tensor, config: VAETrainConfig, rank: int, world_size: int
+) -> Callable[[], float]:
+    """The negative validation ELBO per point under fixed seeded noise (this rank's share of it:
+    the mean over the ranks, which :func:`~pyro_nf.training.train` takes, is the whole set's)."""
+    dtype, device = _model_dtype_device(vae)
+    eps = seeded_normal(config.seed, -1, (len(data), vae.z_dim), dtype, device)
+    points, noise = data[rank::world_size], eps[rank::world_size]
+    per_rank = len(data) / world_size
+    size = config.valid_batch_size
+
+    def validate_fn() -> float:
+        was_training = vae.training
+        vae.eval()
+        total = torch.zeros(2, dtype=torch.float64, device=device)
+        for xb, eb in zip(points.split(size), noise.split(size), strict=True):
+            total[0] += vae.elbo(xb.to(dtype), eps=eb.unsqueeze(0)).double().sum()
+            total[1] += len(xb)
+        vae.train(was_training)
+        return float(-total[0] / (total[1] if world_size == 1 else per_rank))
+
+    return validate_fn
+
+
+def train_vae(
     vae: VAE,
     train_data: torch.Tensor,
-    valid_data: torch.Tensor | None,
-    *,
-    epochs: float,
-    batch_size: int,
-    lr: float,
-    num_particles: int,
-    kl_warmup: float,
-    seed: int,
-    patience: float | None,
-    lr_decays: int,
-    validate_every: int | None,
-    valid_batch_size: int,
-    seeded_noise: bool,
-    drop_last: bool,
-    optimizer: Any,
-    lr_schedule: Any,
-    clip_norm: float | str | None,
-    checkpoint: str | os.PathLike | None,
-    checkpoint_every: int | None,
-    resume: bool,
-    nan_policy: str,
-    progress: bool,
-    desc: str,
-    callback: Callable[[int, History], bool | None] | None,
-    module: nn.Module | None = None,
-    rank: int = 0,
-    world_size: int = 1,
-    reduce: Callable[[torch.Tensor], torch.Tensor] = _identity_reduce,
+    valid_data: torch.Tensor | None = None,
+    config: VAETrainConfig | None = None,
 ) -> History:
-    """The shared loop of :func:`fit_vae` and :func:`pyro_nf.vae.distributed.fit_vae_distributed`.
+    """Train ``vae`` in place with the options ``config``: the loop of :func:`fit_vae`.
 
-    ``module`` is what the loss calls (``vae`` or a DDP wrapper of it); ``reduce`` sums a
-    small tensor over the ranks (identity in a single process).
+    With ``config.distributed`` (or ``None`` inside a process group with several ranks) each
+    rank trains on its shard of every batch, data-parallel through
+    :func:`pyro_nf.training.train`.
+
+    Example:
+        >>> from pyro_nf.vae import flow_vae
+        >>> vae = flow_vae(8, flow="diag", z_dim=2, hidden=(16,))
+        >>> x = (torch.rand(40, 8) < 0.5).float()
+        >>> train_vae(vae, x, config=VAETrainConfig(epochs=1, batch_size=20, progress=False)).num_steps
+        2
     """
+    config = VAETrainConfig() if config is None else config
     if not isinstance(vae, VAE):
         raise ValueError(f"vae: expected a pyro_nf.vae.VAE, got {type(vae).__name__}")
     train_data = _check_data("train_data", train_data, vae.data_dim)
     if valid_data is not None:
         valid_data = _check_data("valid_data", valid_data, vae.data_dim)
-    epochs = _check_float("epochs", epochs)
-    if epochs <= 0:
-        raise ValueError(f"epochs: expected a positive number, got {epochs!r}")
-    check_positive_int("num_particles", num_particles)
-    check_positive_int("valid_batch_size", valid_batch_size)
-    kl_warmup = _check_float("kl_warmup", kl_warmup)
-    lr = _check_float("lr", lr)
-    dtype, device = _model_dtype_device(vae)
-    module = vae if module is None else module
-    sched = EpochBatches(len(train_data), batch_size, seed, rank, world_size, drop_last)
-    spe = sched.steps_per_epoch
-    steps = max(1, round(epochs * spe))
-    warm = round(kl_warmup * spe)
-    data = train_data.to(device)
-    z_dim = vae.z_dim
-
-    def loss_fn(step: int) -> torch.Tensor:
-        idx = sched.global_indices(step)
-        n_global = len(idx)
-        local = idx[rank::world_size]
-        xb = data[local.to(device)].to(dtype)
-        beta = min(1.0, (step + 1) / warm) if warm > 0 else 1.0
-        eps = None
-        if seeded_noise:
-            eps = seeded_normal(seed, step, (num_particles, n_global, z_dim), dtype, device)
-            eps = eps[:, rank::world_size]
-        elbo = module(xb, num_particles=num_particles, kl_weight=beta, eps=eps)
-        loss = -elbo.sum() * (world_size / n_global)
-        if world_size == 1:
-            return loss
-        total = reduce(loss.detach().reshape(1))[0] / world_size  # the full batch's loss
-        return loss + (total - loss).detach()  # its value, with this rank's gradient
-
+    rank, world_size = rank_and_world_size() if use_data_parallel(config.distributed) else (0, 1)
+    batches = EpochBatches(
+        len(train_data), config.batch_size, config.seed, rank, world_size, config.drop_last
+    )
+    device = _model_dtype_device(vae)[1]
+    loss_fn = _elbo_loss(vae, train_data.to(device), batches, config)
     validate_fn = None
     if valid_data is not None:
-        vdata = valid_data.to(device)
-        veps = seeded_normal(seed, -1, (len(vdata), z_dim), dtype, device)
-        vlocal, veps_local = vdata[rank::world_size], veps[rank::world_size]
-
-        def validate_fn() -> float:
-            was_training = vae.training
-            vae.eval()
-            total = torch.zeros(2, dtype=torch.float64, device=device)
-            for xb, eb in zip(
-                vlocal.split(valid_batch_size), veps_local.split(valid_batch_size), strict=True
-            ):
-                elbo = vae.elbo(xb.to(dtype), eps=eb.unsqueeze(0))
-                total[0] += elbo.double().sum()
-                total[1] += len(xb)
-            vae.train(was_training)
-            total = reduce(total)
-            return float(-total[0] / total[1])
-
-    es = None
-    if patience is not None:
-        patience = _check_float("patience", patience)
-        es = EarlyStopping(
-            patience=max(1, round(patience * spe)), min_steps=warm, lr_decays=lr_decays
-        )
-    elif lr_decays:
-        raise ValueError(f"lr_decays: needs patience (early stopping), got lr_decays={lr_decays}")
-    return train(
-        loss_fn,
-        vae,
-        steps,
-        optimizer=_fused_adam if optimizer == "adam" else optimizer,
-        lr=lr,
-        lr_schedule=lr_schedule,
-        clip_norm=clip_norm,
-        early_stopping=es,
-        validate_fn=validate_fn,
-        validate_every=validate_every or spe,
-        restore_best=True,
-        checkpoint=checkpoint,
-        checkpoint_every=checkpoint_every or spe,
-        resume=resume,
-        nan_policy=nan_policy,
-        progress=progress and rank == 0,
-        desc=desc,
-        callback=callback,
-    )
+        validate_fn = _validation(vae, valid_data.to(device), config, rank, world_size)
+    spe = batches.steps_per_epoch
+    steps = max(1, round(config.epochs * spe))
+    return train(loss_fn, vae, steps, validate_fn=validate_fn, **config.train_options(spe))
 
 
 def fit_vae(
@@ -315,31 +409,8 @@ def fit_vae(
         valid_data: ``(N_v, D_x)`` validation data: the negative validation ELBO is computed
             every ``validate_every`` steps (default: once per epoch), early stopping monitors
             it and the best parameters are restored at the end.
-        epochs: number of passes over the data (may be fractional).
-        batch_size: minibatch size ``B``.
-        lr: learning rate (of Adam by default, with torch's fused update where supported).
-        num_particles: samples of ``z`` per data point and step.
-        kl_warmup: length of the linear KL warm-up, in epochs (0: none).
         device: ``"cpu"``, ``"cuda"``, … (default: where the model is).
-        seed: seed of the minibatch schedule (and of ``seeded_noise``).
-        patience: early-stopping patience in epochs (``None``: no early stopping).
-        lr_decays: with ``patience``: at each of the first ``lr_decays`` plateaus of the
-            validation ELBO divide the learning rate by 10 and go on (see
-            :class:`pyro_nf.training.EarlyStopping`); the next plateau stops.
-        validate_every: validation period in steps.
-        valid_batch_size: batch size of the validation pass.
-        seeded_noise: draw each step's noise from a ``(seed, step)``-seeded generator.
-        drop_last: drop the last, smaller batch of each epoch.
-        nan_policy: ``"raise"`` (default) stops at the first non-finite loss or gradient with
-            the last good parameters in place; ``"restore"`` rolls back and halves the lr, but
-            copies all parameters and optimizer state every step (about 15% of a step of the
-            784-300-300 MNIST VAE on one CPU thread). See :func:`pyro_nf.training.train`.
-        clip_norm: gradient-norm clipping as in :func:`pyro_nf.training.train`; the default
-            ``"auto"`` cuts only spikes above 5 times the recent median norm. Planar encoders
-            need it: on static MNIST an unclipped planar K = 16 VAE blew up at epoch 25.
-            ``None`` turns it off.
-        optimizer, lr_schedule, checkpoint, checkpoint_every (default one epoch),
-            resume, progress, desc, callback: as in :func:`pyro_nf.training.train`.
+        epochs, batch_size, lr, ...: the fields of :class:`VAETrainConfig` (documented there).
 
     Returns:
         The :class:`~pyro_nf.History` (``losses`` are negative minibatch ELBOs per data point,
@@ -357,33 +428,7 @@ def fit_vae(
     """
     if device is not None:
         vae.to(device)
-    return _fit(
-        vae,
-        train_data,
-        valid_data,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        num_particles=num_particles,
-        kl_warmup=kl_warmup,
-        seed=seed,
-        patience=patience,
-        lr_decays=lr_decays,
-        validate_every=validate_every,
-        valid_batch_size=valid_batch_size,
-        seeded_noise=seeded_noise,
-        drop_last=drop_last,
-        optimizer=optimizer,
-        lr_schedule=lr_schedule,
-        clip_norm=clip_norm,
-        checkpoint=checkpoint,
-        checkpoint_every=checkpoint_every,
-        resume=resume,
-        nan_policy=nan_policy,
-        progress=progress,
-        desc=desc,
-        callback=callback,
-    )
+    return train_vae(vae, train_data, valid_data, VAETrainConfig.from_arguments(locals()))
 
 
 @dataclass
@@ -422,6 +467,33 @@ class VAEEvaluation:
         return {**asdict(self), "gap": self.gap}
 
 
+def _score(
+    vae: VAE, data: torch.Tensor, num_samples: int, max_pairs: int, batch_size: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-point ``(log p(x) estimate, ELBO)`` (float64, CPU) under a fixed seed, in eval mode."""
+    dtype, device = _model_dtype_device(vae)
+    devices = [device] if device.type == "cuda" else []
+    was_training = vae.training
+    vae.eval()
+    log_px, elbos = [], []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for xb in data.split(batch_size):
+            lp, el = vae.log_likelihood(
+                xb.to(device=device, dtype=dtype), num_samples, max_pairs, return_elbo=True
+            )
+            log_px.append(lp.double().cpu())
+            elbos.append(el.double().cpu())
+    vae.train(was_training)
+    return torch.cat(log_px), torch.cat(elbos)
+
+
+def _standard_error(values: torch.Tensor) -> float:
+    """Standard error of the mean of ``values`` (NaN for a single value)."""
+    n = len(values)
+    return float(values.std() / math.sqrt(n)) if n > 1 else math.nan
+
+
 def evaluate_vae(
     vae: VAE,
     data: torch.Tensor,
@@ -449,30 +521,14 @@ def evaluate_vae(
     data = _check_data("data", data, vae.data_dim)
     check_positive_int("num_samples", num_samples)
     check_positive_int("batch_size", batch_size)
-    dtype, device = _model_dtype_device(vae)
     t0 = time.perf_counter()
-    devices = [device] if device.type == "cuda" else []
-    was_training = vae.training
-    vae.eval()
-    log_px, elbos = [], []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        for xb in data.split(batch_size):
-            lp, el = vae.log_likelihood(
-                xb.to(device=device, dtype=dtype), num_samples, max_pairs, return_elbo=True
-            )
-            log_px.append(lp.double().cpu())
-            elbos.append(el.double().cpu())
-    vae.train(was_training)
-    lp, el = torch.cat(log_px), torch.cat(elbos)
-    n = len(lp)
-    se = lambda v: float(v.std() / math.sqrt(n)) if n > 1 else math.nan  # noqa: E731
+    lp, el = _score(vae, data, num_samples, max_pairs, batch_size, seed)
     return VAEEvaluation(
         elbo=float(el.mean()),
-        elbo_se=se(el),
+        elbo_se=_standard_error(el),
         nll=float(-lp.mean()),
-        nll_se=se(lp),
+        nll_se=_standard_error(lp),
         num_samples=num_samples,
-        num_data=n,
+        num_data=len(lp),
         seconds=time.perf_counter() - t0,
     )
