@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pyro
 import pyro.distributions as dist
 import pytest
 import torch
@@ -133,3 +134,24 @@ class FixedNormal(nn.Module):
 
     def forward(self):
         return dist.Normal(self.loc, 1.0).to_event(1)
+
+
+# -- a conjugate Gaussian model with a correlated posterior (guides and trust tests) -------------
+
+A = torch.tensor([[1.0, 0.5, 0.0], [0.0, 1.0, -0.7], [0.8, 0.0, 1.0], [0.3, 0.3, 0.3]])
+NOISE = 0.6
+Y = torch.tensor([1.0, -0.5, 2.0, 0.4])
+
+
+def gaussian_model():
+    """z ~ N(0, I_3), y ~ N(A z, 0.6^2 I_4) observed at Y: its posterior is Gaussian and known."""
+    z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+    pyro.sample("y", dist.Normal(z @ A.T, NOISE).to_event(1), obs=Y)
+
+
+def exact_gaussian_posterior():
+    """The exact posterior mean and covariance of :func:`gaussian_model`."""
+    precision = torch.eye(3) + A.T @ A / NOISE**2
+    cov = torch.linalg.inv(precision)
+    mean = cov @ A.T @ Y / NOISE**2
+    return mean, cov

@@ -6,20 +6,10 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from conftest import gaussian_model
 from pyro.infer.autoguide.initialization import init_to_value
 
 import pyro_nf
-
-# the conjugate Gaussian model of tests/infer/test_guides.py (copied: test folders do not import
-# each other, so this file also runs on its own)
-A = torch.tensor([[1.0, 0.5, 0.0], [0.0, 1.0, -0.7], [0.8, 0.0, 1.0], [0.3, 0.3, 0.3]])
-NOISE = 0.6
-Y = torch.tensor([1.0, -0.5, 2.0, 0.4])
-
-
-def gaussian_model():
-    z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
-    pyro.sample("y", dist.Normal(z @ A.T, NOISE).to_event(1), obs=Y)
 
 
 def test_report_passes_a_good_guide_and_flags_a_poor_one():

@@ -6,30 +6,13 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from conftest import NOISE, A, Y, exact_gaussian_posterior, gaussian_model  # noqa: F401
 from pyro.infer import MCMC, NUTS, Predictive
 from pyro.infer.autoguide.initialization import init_to_value
 from pyro.infer.reparam import NeuTraReparam
 
 import pyro_nf
 from pyro_nf.infer.laplace import LaplaceFallbackWarning
-
-# -- a conjugate Gaussian model with a correlated posterior ---------------------------------------
-
-A = torch.tensor([[1.0, 0.5, 0.0], [0.0, 1.0, -0.7], [0.8, 0.0, 1.0], [0.3, 0.3, 0.3]])
-NOISE = 0.6
-Y = torch.tensor([1.0, -0.5, 2.0, 0.4])
-
-
-def gaussian_model():
-    z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
-    pyro.sample("y", dist.Normal(z @ A.T, NOISE).to_event(1), obs=Y)
-
-
-def exact_gaussian_posterior():
-    precision = torch.eye(3) + A.T @ A / NOISE**2
-    cov = torch.linalg.inv(precision)
-    mean = cov @ A.T @ Y / NOISE**2
-    return mean, cov
 
 
 @pytest.mark.parametrize("family", ["iaf", "maf", "planar", "radial", "realnvp", "nice"])
