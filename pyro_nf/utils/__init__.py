@@ -3,6 +3,7 @@
 Nothing here imports any other part of pyro-nf.
 """
 
+from .hashing import data_sha256, tensor_sha256, tensors_sha256
 from .nn import MADE, MLP, MaskedLinear, default_hidden
 from .validation import check_context, check_event, check_finite, check_positive_int
 
@@ -14,5 +15,8 @@ __all__ = [
     "check_event",
     "check_finite",
     "check_positive_int",
+    "data_sha256",
     "default_hidden",
+    "tensor_sha256",
+    "tensors_sha256",
 ]
