@@ -1,26 +1,40 @@
 """The ``pyro-nf`` command: ``demo``, ``fit-density``, ``sample`` and ``bench``.
 
-Every subcommand has ``--help``; bad paths or arguments end with a one-line error naming the
-argument and exit status 2, never a traceback.
+Every subcommand has ``--help`` (each option with its default) and ``pyro-nf --version`` prints
+the version. The command never shows a traceback: every failure is ONE line on stderr,
+``pyro-nf <command>: <what went wrong>``, naming the argument or flag as the user typed it, with
+exit status 2 (130 when interrupted with Ctrl-C). Input is checked before any expensive work:
+the CSV file (UTF-8, a header, numbers, finite values; errors give CSV line numbers with the
+header as line 1), the output paths (an existing, writable directory; not a directory itself)
+and the model file (readable, finite parameters). If saving still fails after a fit, the model
+is saved to a fallback path in the current or temporary directory and the error line says
+where.
 
 Example:
+    >>> main(["sample", "no-such-model.pt"])
+    2
     >>> main(["--help"])  # doctest: +SKIP
-    usage: pyro-nf [-h] {demo,fit-density,sample,bench} ...
+    usage: pyro-nf [-h] [--version] {demo,fit-density,sample,bench} ...
 """
 
 from __future__ import annotations
 
 import argparse
+import codecs
 import csv
+import io
 import json
 import math
 import os
+import re
 import subprocess
 import sys
+import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = ["main", "build_parser"]
 
@@ -33,9 +47,26 @@ BENCHMARKS = {
 }
 FAMILIES = ("maf", "iaf", "realnvp", "nice", "planar", "radial")
 
+#: exit statuses: a failure of any kind, and an interrupt (Ctrl-C, SIGINT)
+EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
+
+EPILOG = (
+    "exit status: 0 on success; 2 on any error (one line on stderr naming the argument, never "
+    "a traceback); 130 when interrupted (Ctrl-C)."
+)
+
 
 class CLIError(Exception):
-    """A user error: printed as ``pyro-nf: error: ...`` with exit status 2."""
+    """A user error: printed as ``pyro-nf <command>: <message>`` (one line), exit ``status``.
+
+    Example:
+        >>> CLIError("data: no such file: x.csv").status
+        2
+    """
+
+    def __init__(self, message: str, status: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 # -- demo -----------------------------------------------------------------------------------------
@@ -258,48 +289,265 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- reading the CSV file -------------------------------------------------------------------------
+
+
+def _show(cell: str) -> str:
+    """A CSV cell as an error message shows it: quoted, at most 40 characters."""
+    if not cell.strip():
+        return "an empty cell"
+    return repr(cell if len(cell) <= 40 else cell[:37] + "...")
+
+
+def _read_text(path: str) -> str:
+    """The text of the CSV file ``path``; a CLIError if it is missing, a folder or not UTF-8."""
+    p = Path(path)
+    if not p.exists():
+        raise CLIError(f"data: no such file: {path}")
+    if p.is_dir():
+        raise CLIError(f"data: {path} is a directory, expected a CSV file")
+    try:
+        raw = p.read_bytes()
+    except OSError as err:
+        raise CLIError(f"data: cannot read {path} ({err.strerror or err})") from None
+    raw = raw.removeprefix(codecs.BOM_UTF8)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise CLIError(
+            f"data: {path} is not UTF-8 text (byte 0x{raw[err.start]:02x} at line {line}); "
+            "save it as UTF-8"
+        ) from None
+
+
+def _csv_rows(text: str) -> list[tuple[int, list[str]]]:
+    """The non-blank rows of CSV ``text``, each with the line number it starts on (from 1)."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows, start = [], 1
+    try:
+        for cells in reader:
+            if any(c.strip() for c in cells):
+                rows.append((start, cells))
+            start = reader.line_num + 1
+    except csv.Error as err:
+        raise CLIError(f"data: line {start}: not valid CSV ({err})") from None
+    return rows
+
+
+def _is_number(cell: str) -> bool:
+    """Whether ``float`` reads ``cell`` (as the fit reads it: ``nan`` and ``inf`` included)."""
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+class _Table:
+    """The data rows of a CSV file, its column labels, and how its errors name lines.
+
+    A first row that is not all numbers is the header; the number of columns is the first data
+    row's (a header of another width still names the columns it has, as before).
+    """
+
+    def __init__(self, rows: list[tuple[int, list[str]]]) -> None:
+        first = rows[0][1] if rows else []
+        self.header_line = rows[0][0] if rows and not all(map(_is_number, first)) else None
+        names = [c.strip() for c in first] if self.header_line else []
+        self.rows = rows[1:] if self.header_line else rows
+        width = len(self.rows[0][1]) if self.rows else len(names)
+        names = (names + [""] * width)[:width]
+        self.labels = [f"column {n!r}" if n else f"column {j + 1}" for j, n in enumerate(names)]
+        same = self.header_line and len(first) == width
+        self.like = "the header" if same else f"line {self.rows[0][0] if self.rows else 1}"
+        head = f"header = line {self.header_line}" if self.header_line else "no header line"
+        self.where = f"(CSV line numbers, {head})"
+
+    def values(self) -> tuple[list[list[float]], list[tuple[int, str, str]]]:
+        """The rows as floats, and ``(line, column label, cell)`` of each row's first NaN/inf."""
+        width, values, bad = len(self.labels), [], []
+        for line, cells in self.rows:
+            if len(cells) != width:
+                raise CLIError(
+                    f"data: line {line} {self.where}: expected {width} columns as on {self.like}, "
+                    f"got {len(cells)}"
+                )
+            try:
+                row = [float(c) for c in cells]
+            except ValueError:
+                j = next(j for j, c in enumerate(cells) if not _is_number(c))
+                raise CLIError(
+                    f"data: line {line} {self.where}, {self.labels[j]}: {_show(cells[j])} is "
+                    "not a number"
+                ) from None
+            values.append(row)
+            j = next((j for j, v in enumerate(row) if not math.isfinite(v)), None)
+            if j is not None:
+                bad.append((line, self.labels[j], cells[j]))
+        return values, bad
+
+
+def _nonfinite_message(table: _Table, bad: list[tuple[int, str, str]]) -> str:
+    """The error for rows with NaN or inf: how many, where, the first cell, the flag to use."""
+    line, label, cell = bad[0]
+    literal = cell.strip().lower().lstrip("+-") in ("nan", "inf", "infinity")
+    why = "is NaN or inf" if literal else "overflows to inf (beyond float64)"
+    lines = ", ".join(str(b[0]) for b in bad[:5]) + (", ..." if len(bad) > 5 else "")
+    first = f"lines {lines}; first: " if len(bad) > 1 else ""
+    return (
+        f"data: {len(bad)} of {len(table.rows)} rows hold NaN or inf {table.where}: {first}"
+        f"line {line}, {label}: {_show(cell)} {why}; pass --drop-nonfinite to drop such rows"
+    )
+
+
+def _read_csv(path: str, drop_nonfinite: bool = False) -> tuple[Any, list[str], list[int]]:
+    """The data rows of a CSV file as a float64 tensor ``(N, D)``, the column labels and the
+    line numbers of the rows dropped for NaN/inf (with ``drop_nonfinite``; else they raise).
+
+    A first row that is not all numbers is the header. Every problem is a CLIError naming the
+    CSV line (header = line 1) and column.
+
+    Example:
+        >>> import tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "d.csv")
+        >>> _ = open(path, "w").write("a,b\\n1,2\\nnan,4\\n5,6\\n")
+        >>> x, labels, dropped = _read_csv(path, drop_nonfinite=True)
+        >>> x.tolist(), labels, dropped
+        ([[1.0, 2.0], [5.0, 6.0]], ["column 'a'", "column 'b'"], [3])
+    """
+    import torch
+
+    table = _Table(_csv_rows(_read_text(path)))
+    if not table.rows:
+        if table.header_line is None:
+            raise CLIError(f"data: {path} is empty, expected a CSV file with one sample per row")
+        raise CLIError(f"data: {path} has a header line but no data rows")
+    values, bad = table.values()
+    if bad and not drop_nonfinite:
+        raise CLIError(_nonfinite_message(table, bad))
+    dropped = {line for line, _, _ in bad}
+    values = [v for (line, _), v in zip(table.rows, values, strict=True) if line not in dropped]
+    if not values:
+        raise CLIError(f"data: every data row of {path} holds NaN or inf; nothing is left to fit")
+    return torch.tensor(values, dtype=torch.float64), table.labels, sorted(dropped)
+
+
+def _check_fittable(x: Any, labels: list[str]) -> None:
+    """A CLIError if the rows cannot be fitted: fewer than 2, a constant column, or a column
+    whose mean or spread overflows float64 (values near 1e308)."""
+    if x.shape[0] < 2:
+        raise CLIError(f"data: expected at least 2 data rows, got {x.shape[0]}")
+    constant = (x.max(0).values == x.min(0).values).nonzero().flatten().tolist()
+    if constant:
+        j = constant[0]
+        raise CLIError(
+            f"data: {labels[j]} is constant (every row holds {x[0, j].item():g}); a constant "
+            "column has no density: drop it"
+        )
+    huge = (~(x.std(0, unbiased=False) + x.mean(0)).isfinite()).nonzero().flatten().tolist()
+    if huge:
+        j = huge[0]
+        raise CLIError(
+            f"data: {labels[j]} is too large to fit (largest |value| "
+            f"{x[:, j].abs().max().item():.3g}; its mean or spread overflows float64): "
+            "rescale the column (e.g. divide it by a power of ten)"
+        )
+
+
+# -- output paths ---------------------------------------------------------------------------------
+
+
+def _check_out_file(path: str, flag: str = "--out") -> Path:
+    """The output file ``path``, checked before any work: not a directory, and in an existing
+    directory where a file can be created (tried with a probe file, removed at once)."""
+    out = Path(path)
+    if not path.strip():
+        raise CLIError(f"{flag}: expected a file path, got an empty string")
+    if out.is_dir():
+        raise CLIError(f"{flag}: {path} is a directory, expected a file path such as {out / 'x'}")
+    parent = out.parent
+    if not parent.exists():
+        raise CLIError(f"{flag}: directory {parent} does not exist")
+    if not parent.is_dir():
+        raise CLIError(f"{flag}: {parent} is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".pyro-nf-", suffix=".probe")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as err:
+        raise CLIError(
+            f"{flag}: cannot write to directory {parent} ({err.strerror or err})"
+        ) from None
+    return out
+
+
+def _reason(err: OSError) -> str:
+    """The operating system's short reason for ``err`` (``Permission denied`` ...)."""
+    return os.strerror(err.errno) if err.errno else str(err) or type(err).__name__
+
+
+def _save_with_fallback(estimator: Any, out: Path) -> None:
+    """Save to ``out``; if that fails, save to a new file in the current or the temporary
+    directory and raise a CLIError saying where the model is."""
+    try:
+        estimator.save(out)
+        return
+    except OSError as err:
+        reason = _reason(err)
+    for folder in dict.fromkeys([Path.cwd(), Path(tempfile.gettempdir())]):
+        try:
+            fd, name = tempfile.mkstemp(
+                dir=folder, prefix=f"{out.stem or 'model'}-", suffix=out.suffix or ".pt"
+            )
+            os.close(fd)
+            estimator.save(name)
+        except OSError:
+            continue
+        raise CLIError(
+            f"--out: could not write {out} ({reason}); the fitted model was saved to {name}"
+        )
+    raise CLIError(f"--out: could not write {out} ({reason}), nor a fallback copy; the fit is lost")
+
+
 # -- fit-density / sample -----------------------------------------------------------------------
 
-
-def _read_csv(path: str) -> Any:
-    """The numeric rows of a CSV file (an optional header line skipped) as a float64 tensor."""
-    import torch
-
-    p = Path(path)
-    if not p.is_file():
-        raise CLIError(f"data: no such file: {path}")
-    rows = []
-    with p.open(newline="") as handle:
-        for i, row in enumerate(csv.reader(handle)):
-            if not row or all(not c.strip() for c in row):
-                continue
-            try:
-                rows.append([float(c) for c in row])
-            except ValueError:
-                if i == 0 and not rows:
-                    continue  # a header line
-                raise CLIError(f"data: line {i + 1} of {path} is not numeric: {row[:5]}") from None
-    if not rows:
-        raise CLIError(f"data: {path} holds no numeric rows")
-    widths = {len(r) for r in rows}
-    if len(widths) != 1:
-        raise CLIError(
-            f"data: expected the same number of columns on every row of {path}, got {sorted(widths)}"
-        )
-    return torch.tensor(rows, dtype=torch.float64)
+#: estimator argument names, as the fit-density user knows them
+_CLI_NAMES = {
+    "x": "data",
+    "dim": "data (its number of columns)",
+    "steps": "--steps",
+    "batch_size": "--batch-size",
+    "lr": "--lr",
+    "val_fraction": "--val-fraction",
+    "depth": "--depth",
+    "flow": "--flow",
+    "drop_nonfinite": "--drop-nonfinite",
+}
 
 
-def cmd_fit_density(args: argparse.Namespace) -> int:
-    """``pyro-nf fit-density``: fit a flow to a CSV file by maximum likelihood and save it."""
-    import torch
+def _cli_terms(message: str) -> str:
+    """``message`` of a library error with argument names in CLI terms (``x`` -> ``data``,
+    ``val_fraction=0.1`` -> ``--val-fraction 0.1``, ``drop_nonfinite=True`` -> the flag).
 
+    Example:
+        >>> _cli_terms("x: expected at least 3 rows (1 for validation with val_fraction=0.5)")
+        'data: expected at least 3 rows (1 for validation with --val-fraction 0.5)'
+    """
+    message = re.sub(r"\bdrop_nonfinite=True\b", "--drop-nonfinite", message)
+    message = re.sub(
+        r"\b(steps|batch_size|lr|val_fraction|depth)=", lambda m: _CLI_NAMES[m[1]] + " ", message
+    )
+    head, sep, rest = message.partition(": ")
+    return f"{_CLI_NAMES[head]}: {rest}" if sep and head in _CLI_NAMES else message
+
+
+def _fit(args: argparse.Namespace, x: Any) -> tuple[Any, Any]:
+    """Fit the estimator the flags ask for to ``x``: the estimator and its history, or a
+    CLIError (status 130 on Ctrl-C) in CLI terms."""
     from .density.estimator import DensityEstimator
+    from .training import TrainingDivergedError
 
-    torch.manual_seed(args.seed)
-    x = _read_csv(args.data)
-    out = Path(args.out)
-    if out.parent and not out.parent.exists():
-        raise CLIError(f"--out: directory {out.parent} does not exist")
     try:
         estimator = DensityEstimator(
             args.flow, standardize=not args.no_standardize, dim=x.shape[-1], depth=args.depth
@@ -313,10 +561,40 @@ def cmd_fit_density(args: argparse.Namespace) -> int:
             lr=args.lr,
             progress=not args.quiet,
         )
+    except KeyboardInterrupt:
+        raise CLIError("interrupted during the fit; nothing was saved", EXIT_INTERRUPTED) from None
+    except TrainingDivergedError as err:
+        raise CLIError(
+            f"the fit diverged ({_cli_terms(str(err))}); nothing was saved; try a smaller --lr"
+        ) from None
     except ValueError as err:
-        raise CLIError(str(err)) from None
-    estimator.save(out)
+        raise CLIError(_cli_terms(str(err))) from None
+    return estimator, history
+
+
+def cmd_fit_density(args: argparse.Namespace) -> int:
+    """``pyro-nf fit-density``: fit a flow to a CSV file by maximum likelihood and save it."""
+    import torch
+
+    torch.manual_seed(args.seed)
+    out = _check_out_file(args.out)
+    x, labels, dropped = _read_csv(args.data, args.drop_nonfinite)
+    _check_fittable(x, labels)
+    if dropped:
+        lines = ", ".join(map(str, dropped[:5])) + (", ..." if len(dropped) > 5 else "")
+        print(
+            f"pyro-nf fit-density: dropped {len(dropped)} row(s) with NaN or inf (CSV lines "
+            f"{lines}; --drop-nonfinite)",
+            file=sys.stderr,
+        )
+    estimator, history = _fit(args, x)
     nll = estimator.nll(x)
+    if not math.isfinite(nll):
+        raise CLIError(
+            f"the fitted model gives a non-finite log-likelihood ({-nll}) on data; nothing was "
+            "saved; try a smaller --lr, or rescale the columns"
+        )
+    _save_with_fallback(estimator, out)
     print(
         f"fitted {args.flow} (depth {args.depth}) to {x.shape[0]} rows x {x.shape[1]} columns: "
         f"mean log-likelihood {-nll:.4f} nats/row; {history.stop_reason} after {history.num_steps} steps"
@@ -325,31 +603,93 @@ def cmd_fit_density(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
-    """``pyro-nf sample``: draw samples from a saved density model, as CSV."""
+def _load_model(path: str) -> Any:
+    """The density model saved at ``path``; a CLIError unless it loads with finite parameters."""
     import torch
 
     from .density.estimator import DensityEstimator
 
-    if not Path(args.model).is_file():
-        raise CLIError(f"model: no such file: {args.model}")
-    if args.n < 1:
-        raise CLIError(f"-n: expected an integer >= 1, got {args.n}")
+    p = Path(path)
+    if not p.exists():
+        raise CLIError(f"model: no such file: {path}")
+    if p.is_dir():
+        raise CLIError(f"model: {path} is a directory, expected a .pt file written by fit-density")
     try:
-        estimator = DensityEstimator.load(args.model)
-    except (ValueError, KeyError, RuntimeError) as err:
-        raise CLIError(f"model: {args.model} is not a pyro-nf density model ({err})") from None
+        estimator = DensityEstimator.load(p)
+    except Exception as err:  # any failure to rebuild the model means a damaged file
+        detail = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
+        detail = detail.removeprefix("path: ")
+        raise CLIError(f"model: {path} is not a usable pyro-nf density model ({detail})") from None
+    bad = [
+        name
+        for name, t in estimator.state_dict().items()
+        if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+    if bad:
+        raise CLIError(
+            f"model: {path} holds NaN or inf parameters ({', '.join(bad[:3])}); refit it"
+        )
+    return estimator
+
+
+def _draw(estimator: Any, n: int, model: str) -> list[list[float]]:
+    """``n`` draws of ``estimator`` as lists; a CLIError if any is NaN/inf or memory runs out."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            samples = estimator.sample(n)
+    except (RuntimeError, MemoryError) as err:
+        raise CLIError(f"-n: could not draw {n} samples ({type(err).__name__}: {err})") from None
+    finite = torch.isfinite(samples).all(-1)
+    if not bool(finite.all()):
+        raise CLIError(
+            f"model: {model} drew {int((~finite).sum())} of {n} samples with NaN or inf; "
+            "the model is unusable: refit it"
+        )
+    return samples.tolist()
+
+
+def _write_csv(rows: list[list[float]], out: Path | None) -> None:
+    """Write ``rows`` (8 significant digits) to stdout, or to the file ``out``."""
+    if out is None:
+        try:
+            _write_rows(sys.stdout, rows)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _silence_stdout()
+            raise CLIError("stdout: closed before all samples were written (broken pipe)") from None
+        return
+    try:
+        with out.open("w", newline="") as handle:
+            _write_rows(handle, rows)
+    except OSError as err:
+        raise CLIError(f"--out: could not write {out} ({_reason(err)})") from None
+
+
+def _write_rows(handle: Any, rows: list[list[float]]) -> None:
+    """Write ``rows`` to ``handle`` as CSV, each value with 8 significant digits."""
+    writer = csv.writer(handle)
+    for row in rows:
+        writer.writerow([f"{v:.8g}" for v in row])
+
+
+def _silence_stdout() -> None:
+    """Point stdout at devnull, so that Python's final flush of a closed pipe stays silent."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (a test's, a notebook's)
+        pass
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    """``pyro-nf sample``: draw samples from a saved density model, as CSV."""
+    import torch
+
+    out = _check_out_file(args.out) if args.out is not None else None
+    estimator = _load_model(args.model)
     torch.manual_seed(args.seed)
-    with torch.no_grad():
-        samples = estimator.sample(args.n)
-    handle = open(args.out, "w", newline="") if args.out else sys.stdout
-    try:
-        writer = csv.writer(handle)
-        for row in samples.tolist():
-            writer.writerow([f"{v:.8g}" for v in row])
-    finally:
-        if args.out:
-            handle.close()
+    _write_csv(_draw(estimator, args.n, args.model), out)
     return 0
 
 
@@ -405,11 +745,85 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {value}")
+    return value
+
+
+def _seed_type(low: int, high: int) -> Callable[[str], int]:
+    """argparse type: an integer seed in ``[low, high]`` (the range the seeded RNGs accept)."""
+
+    def seed(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer in [{low}, {high}], got {text!r}"
+            )
+        return value
+
+    return seed
+
+
+def _version() -> str:
+    """The installed version of pyro-nf (the package's ``__version__`` if not installed)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("pyro-nf")
+    except metadata.PackageNotFoundError:  # pragma: no cover - a source tree on sys.path
+        return str(getattr(sys.modules.get(__package__ or "pyro_nf"), "__version__", "unknown"))
+
+
+def _one_line(text: str) -> str:
+    """``text`` on one line (line breaks and the indentation after them become one space)."""
+    return re.sub(r"\s*[\r\n]+\s*", " ", str(text)).strip()
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help with each option's default (``(default: ...)``; none shown for off switches and
+    unset options)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action) or ""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (exit status 2), no usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_ERROR, f"{self.prog}: {_one_line(message)} (see {self.prog} --help)\n")
+
+
+def _parser_options() -> dict[str, Any]:
+    """The options every parser of the command shares: help with defaults, the exit statuses."""
+    return {"formatter_class": _HelpFormatter, "epilog": EPILOG}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The ``pyro-nf`` argument parser with its four subcommands."""
-    parser = argparse.ArgumentParser(
+    """The ``pyro-nf`` argument parser with its four subcommands.
+
+    Example:
+        >>> build_parser().parse_args(["sample", "m.pt", "-n", "5"]).n
+        5
+    """
+    parser = _Parser(
         prog="pyro-nf",
         description="Normalizing flows for Pyro: demo, density fitting, sampling, benchmarks.",
+        **_parser_options(),
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {_version()}", help="print the version"
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_demo_parser(sub)
@@ -427,16 +841,19 @@ def _add_demo_parser(sub: Any) -> None:
         description="Fit planar, radial and IAF flows to the 2D energies U1 and U2 (exact log Z) by "
         "reverse KL, and flow guides vs Pyro's autoguides to eight schools; print the results and "
         "write PNGs and JSON to --out.",
+        **_parser_options(),
     )
-    demo.add_argument("--out", default="out", help="output directory (default: out)")
+    demo.add_argument("--out", default="out", help="output directory (created if needed)")
     demo.add_argument(
         "--steps",
         type=_positive_int,
         default=1000,
-        help="optimization steps per fit (default: 1000; about half a minute of CPU in all)",
+        help="optimization steps per fit (about half a minute of CPU in all)",
     )
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--quick", action="store_true", help="a few hundred steps (smoke test)")
+    demo.add_argument(
+        "--seed", type=_seed_type(0, 2**32 - 1), default=0, help="random seed of every fit"
+    )
+    demo.add_argument("--quick", action="store_true", help="300 steps per fit (smoke test)")
 
 
 def _add_fit_density_parser(sub: Any) -> None:
@@ -444,21 +861,29 @@ def _add_fit_density_parser(sub: Any) -> None:
     fit = sub.add_parser(
         "fit-density",
         help="fit a flow to a CSV file by maximum likelihood",
-        description="Fit a flow to the rows of a numeric CSV file (a header line is skipped) by maximum "
-        "likelihood with a validation split and early stopping; save it with --out.",
+        description="Fit a flow to the rows of a numeric UTF-8 CSV file (a header line is skipped) "
+        "by maximum likelihood with a validation split and early stopping; save it with --out.",
+        **_parser_options(),
     )
-    fit.add_argument("data", help="CSV file, one sample per row")
-    fit.add_argument("--flow", choices=FAMILIES, default="maf")
-    fit.add_argument("--depth", type=_positive_int, default=5)
+    fit.add_argument("data", help="CSV file, one sample per row, an optional header line")
+    fit.add_argument("--flow", choices=FAMILIES, default="maf", help="flow family")
+    fit.add_argument("--depth", type=_positive_int, default=5, help="number of flow layers")
     fit.add_argument("--out", required=True, help="where to save the fitted model (.pt)")
-    fit.add_argument("--steps", type=_positive_int, default=5000)
-    fit.add_argument("--batch-size", type=_positive_int, default=256)
-    fit.add_argument("--val-fraction", type=_fraction, default=0.1)
-    fit.add_argument("--lr", type=float, default=1e-3)
+    fit.add_argument("--steps", type=_positive_int, default=5000, help="most optimizer steps")
+    fit.add_argument("--batch-size", type=_positive_int, default=256, help="rows per minibatch")
+    fit.add_argument(
+        "--val-fraction", type=_fraction, default=0.1, help="fraction held out for early stopping"
+    )
+    fit.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate")
     fit.add_argument(
         "--no-standardize", action="store_true", help="fit the raw columns (default: standardize)"
     )
-    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument(
+        "--drop-nonfinite",
+        action="store_true",
+        help="drop rows holding NaN or inf, with a note (default: such rows are an error)",
+    )
+    fit.add_argument("--seed", type=_seed_type(-(2**63), 2**64 - 1), default=0, help="random seed")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -468,11 +893,14 @@ def _add_sample_parser(sub: Any) -> None:
         "sample",
         help="draw samples from a fitted density model",
         description="Draw samples from a model saved by fit-density; CSV to stdout or --out.",
+        **_parser_options(),
     )
     sample.add_argument("model", help="a .pt file written by pyro-nf fit-density")
-    sample.add_argument("-n", type=int, default=1000, help="number of samples (default: 1000)")
+    sample.add_argument("-n", type=_positive_int, default=1000, help="number of samples")
     sample.add_argument("--out", help="CSV output file (default: stdout)")
-    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument(
+        "--seed", type=_seed_type(-(2**63), 2**64 - 1), default=0, help="random seed"
+    )
 
 
 def _add_bench_parser(sub: Any) -> None:
@@ -481,27 +909,58 @@ def _add_bench_parser(sub: Any) -> None:
         "bench",
         help="run a benchmark script (from a source checkout)",
         description="Run benchmarks/<name>.py; further arguments (e.g. --quick) are passed on.",
+        **_parser_options(),
     )
-    bench.add_argument("name", choices=sorted(BENCHMARKS))
+    bench.add_argument("name", choices=sorted(BENCHMARKS), help="the benchmark")
+
+
+def _fail(prog: str, message: str, status: int = EXIT_ERROR) -> int:
+    """Print ``prog: message`` as one line on stderr; return ``status``."""
+    print(f"{prog}: {_one_line(message)}", file=sys.stderr)
+    return status
+
+
+def _run(prog: str, command: Callable[[], int]) -> int:
+    """Run ``command``; turn every failure into one line on stderr and exit status 2 (130 for
+    Ctrl-C). Warnings of a successful run are printed one line each."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            status = command()
+    except CLIError as err:
+        return _fail(prog, str(err), err.status)
+    except KeyboardInterrupt:
+        return _fail(prog, "interrupted", EXIT_INTERRUPTED)
+    except MemoryError:
+        return _fail(prog, "out of memory")
+    except (ValueError, TypeError, OSError) as err:  # a library's check of an argument
+        return _fail(prog, _cli_terms(str(err)) or type(err).__name__)
+    except Exception as err:  # a bug: still one line
+        return _fail("pyro-nf", f"internal error: {type(err).__name__}: {err} (please report)")
+    for warning in caught:
+        print(f"{prog}: warning: {_one_line(str(warning.message))}", file=sys.stderr)
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``pyro-nf`` command with ``argv``; return its exit status (2 on a user error)."""
+    """Run the ``pyro-nf`` command with ``argv``; return its exit status: 0, 2 on any error
+    (one line on stderr), 130 when interrupted. Argument errors exit through ``SystemExit(2)``.
+
+    Example:
+        >>> main(["sample", "missing.pt"])
+        2
+    """
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    prog = f"pyro-nf {args.command}"
     if extra and args.command != "bench":
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    try:
-        if args.command == "demo":
-            return cmd_demo(args)
-        if args.command == "fit-density":
-            return cmd_fit_density(args)
-        if args.command == "sample":
-            return cmd_sample(args)
-        return cmd_bench(args, extra)
-    except CLIError as err:
-        print(f"pyro-nf: error: {err}", file=sys.stderr)
-        return 2
+        parser.exit(EXIT_ERROR, f"{prog}: unrecognized arguments: {' '.join(extra)}\n")
+    commands: dict[str, Callable[[], int]] = {
+        "demo": lambda: cmd_demo(args),
+        "fit-density": lambda: cmd_fit_density(args),
+        "sample": lambda: cmd_sample(args),
+        "bench": lambda: cmd_bench(args, extra),
+    }
+    return _run(prog, commands[args.command])
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -24,6 +24,7 @@ __all__ = [
     "check_fraction",
     "check_not_constant",
     "check_rows",
+    "check_standardizable",
     "clean_rows",
     "context_standardization",
     "explicit_validation",
@@ -288,7 +289,33 @@ def fit_rows(
         xv, cv = prepare_rows(("x_val", "context_val"), *validation, stacklevel=3, **dims)
         rows = explicit_validation(x, ctx, xv, cv)
     check_not_constant("x", rows.x_train, "the training rows")
+    check_standardizable("x", rows.x_train)
+    if rows.c_train is not None:
+        check_standardizable("context", rows.c_train)
     return rows
+
+
+def check_standardizable(name: str, x: torch.Tensor) -> None:
+    """Raise if the mean or standard deviation of a column of ``x`` overflows its dtype (finite
+    values near the largest float do): such data cannot be standardized or scored.
+
+    Example:
+        >>> check_standardizable("x", torch.tensor([[1.0, 1e308], [2.0, -1e308]], dtype=torch.float64))
+        Traceback (most recent call last):
+        ...
+        ValueError: x: expected values whose mean and standard deviation are finite in float64, got column(s) [1] where they overflow (values up to 1e+308 in absolute value); rescale the data (e.g. divide by a power of ten)
+    """
+    mean, std = x.mean(0), x.std(0, unbiased=False)
+    bad = ~(torch.isfinite(mean) & torch.isfinite(std) & torch.isfinite(std.log()))
+    if bool(bad.any()):
+        cols = torch.nonzero(bad).flatten()[:10].tolist()
+        peak = float(x[:, bad].abs().max())
+        raise ValueError(
+            f"{name}: expected values whose mean and standard deviation are finite in "
+            f"{str(x.dtype).removeprefix('torch.')}, got column(s) {cols} where they overflow "
+            f"(values up to {peak:.3g} in absolute value); rescale the data (e.g. divide by a "
+            "power of ten)"
+        )
 
 
 def check_not_constant(name: str, x: torch.Tensor, where: str) -> None:

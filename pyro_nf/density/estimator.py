@@ -64,7 +64,9 @@ from ..flows.distribution import FlowDistribution
 from ..flows.flow import Flow
 from ..flows.registry import build_flow, flow_spec, register_builder
 from ..training.distributed import shard
-from ..training.loop import EarlyStopping, History, train
+from ..training.loop import EarlyStopping, History, TrainingDivergedError, train
+from ..training.runinfo import check_checkpoint_args
+from ..utils.hashing import tensor_sha256
 from ..utils.validation import check_context, check_event, check_positive_int
 from .data import (
     FitData,
@@ -91,6 +93,27 @@ __all__ = [
 
 
 # -- checks of fit's options ---------------------------------------------------------------------
+
+
+def _check_fit_counts(
+    steps: Any,
+    batch_size: Any,
+    validate_every: Any,
+    eval_batch_size: Any,
+    seed: Any,
+    train_kwargs: dict[str, Any],
+) -> tuple[int, int, int, int, int]:
+    """Check the counts, the seed and the checkpoint arguments of a fit before any data work."""
+    steps = check_positive_int("steps", steps)
+    batch_size = check_positive_int("batch_size", batch_size)
+    validate_every = check_positive_int("validate_every", validate_every)
+    eval_batch_size = check_positive_int("eval_batch_size", eval_batch_size)
+    seed = _check_seed(seed)
+    check_checkpoint_args(
+        train_kwargs.get("checkpoint"), train_kwargs.get("resume", True),
+        train_kwargs.get("fingerprint"),
+    )  # fmt: skip
+    return steps, batch_size, validate_every, eval_batch_size, seed
 
 
 def _add_weight_decay(train_kwargs: dict[str, Any], weight_decay: Any, lr: float) -> None:
@@ -185,6 +208,42 @@ def _validation_nll(
     if data.x_val is None:
         return None
     return lambda: est.nll(data.x_val, data.c_val, batch_size=batch_size)
+
+
+def _check_seed(seed: Any) -> int:
+    """``seed`` as an int, else ``TypeError`` naming it."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed: expected an int, got {type(seed).__name__} {seed!r}")
+    return seed
+
+
+def _fit_fingerprint(
+    est: DensityEstimator, data: FitData, train_kwargs: dict[str, Any], **settings: Any
+) -> dict[str, Any]:
+    """The fingerprint of a fit (recorded in its checkpoint, compared on resume): hashes of the
+    training and validation rows, the flow's spec, the standardization and the fit's
+    ``settings``, merged into a ``fingerprint`` the caller passed in ``train_kwargs``."""
+    rows = {
+        "x": data.x_train, "context": data.c_train, "x_val": data.x_val, "context_val": data.c_val
+    }  # fmt: skip
+    ours = {
+        "data": {k: None if v is None else tensor_sha256(v) for k, v in rows.items()},
+        "flow": flow_spec(est.flow),
+        "standardize": est.standardize,
+        "settings": settings,
+    }
+    return {**dict(train_kwargs.pop("fingerprint", None) or {}), "density": ours}
+
+
+def _check_finite_fit(est: DensityEstimator) -> None:
+    """``TrainingDivergedError`` if a fit left a non-finite parameter or buffer."""
+    for name, t in est.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise TrainingDivergedError(
+                f"fit: the fitted estimator's tensor {name!r} has NaN/inf values; the fit "
+                "diverged (lower lr, rescale the data or check it for extreme values)",
+                est.history or History(),
+            )
 
 
 # -- the estimator -------------------------------------------------------------------------------
@@ -386,8 +445,12 @@ class DensityEstimator(nn.Module):
             The :class:`~pyro_nf.History` (also ``self.history``); ``val_losses`` in nats/point.
 
         Raises:
-            ValueError: non-finite rows (without ``drop_nonfinite``), a wrong shape, fewer than
-            2 training rows (or no validation row), constant columns, a context mismatch.
+            ValueError: bad rows (non-finite without ``drop_nonfinite``, wrong shape, too few,
+                constant or overflowing columns), a context mismatch, or a ``checkpoint`` of
+                another fit (other data, flow or settings).
+            TrainingDivergedError: the fit left NaN/inf parameters.
+            KeyboardInterrupt: on Ctrl-C, as :func:`~pyro_nf.training.train` (``self.history``
+                is set).
 
         Example:
             >>> est = DensityEstimator("diagonal", dim=2)
@@ -395,21 +458,27 @@ class DensityEstimator(nn.Module):
             >>> [step for step, _ in h.val_losses], h.stop_reason
             ([9, 19, 29, 39, 49], 'max_steps')
         """
-        steps = check_positive_int("steps", steps)
-        batch_size = check_positive_int("batch_size", batch_size)
-        validate_every = check_positive_int("validate_every", validate_every)
-        eval_batch_size = check_positive_int("eval_batch_size", eval_batch_size)
+        steps, batch_size, validate_every, eval_batch_size, seed = _check_fit_counts(
+            steps, batch_size, validate_every, eval_batch_size, seed, train_kwargs
+        )
         _add_weight_decay(train_kwargs, weight_decay, lr)
         frac = _check_fit_options(drop_nonfinite, train_kwargs, val_fraction, x_val, context_val)
         data = fit_rows(self, (x, context), (x_val, context_val), frac, seed, drop_nonfinite)
         self._set_standardization(data)
         validate_fn = _validation_nll(self, data, eval_batch_size)
         stopper = _default_early_stopping(early_stopping, validate_fn is not None, validate_every)
-        self.history = train(
-            _minibatch_nll(self, data, batch_size, seed), self.flow, steps, lr=lr,
-            early_stopping=stopper, validate_fn=validate_fn, validate_every=validate_every,
-            progress=progress, desc=desc, **train_kwargs,
-        )  # fmt: skip
+        fingerprint = _fit_fingerprint(self, data, train_kwargs, batch_size=batch_size, seed=seed,
+                                       weight_decay=weight_decay)  # fmt: skip
+        try:
+            self.history = train(
+                _minibatch_nll(self, data, batch_size, seed), self.flow, steps, lr=lr,
+                early_stopping=stopper, validate_fn=validate_fn, validate_every=validate_every,
+                progress=progress, desc=desc, fingerprint=fingerprint, **train_kwargs,
+            )  # fmt: skip
+        except KeyboardInterrupt as err:  # train restored the best parameters; keep the history
+            self.history = getattr(err, "history", None)
+            raise
+        _check_finite_fit(self)
         return self.history
 
     @torch.no_grad()
@@ -475,7 +544,7 @@ class DensityEstimator(nn.Module):
             (2, False)
         """
         blob = read_estimator_file(path, map_location)
-        est = cls(resolve_flow(blob, flow), standardize=blob["standardize"])
+        est = cls(resolve_flow(blob, flow, os.fspath(path)), standardize=blob["standardize"])
         load_payload_into(est, blob)
         return est.eval()
 

@@ -21,17 +21,14 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
-from pyro import poutine
-from pyro.infer.importance import vectorized_importance_weights
-from pyro.poutine.util import site_is_subsample
 
-from ..utils.validation import check_positive_int
-from .psis import ImportanceDiagnostics, importance_diagnostics, psis
+from .draws import check_weight_arguments, max_plate_nesting_of, trace_pair, weighted_draws
+from .psis import MIN_PSIS_SAMPLES, ImportanceDiagnostics, importance_diagnostics, psis
 from .psis import log_evidence as _log_evidence_from_weights
 
 __all__ = [
@@ -43,31 +40,13 @@ __all__ = [
 ]
 
 
-def trace_pair(
-    model: Callable, guide: Callable, args: tuple, kwargs: dict
-) -> tuple[poutine.Trace, poutine.Trace]:
-    """One draw of ``guide`` and ``model`` replayed on it: ``(model_trace, guide_trace)``."""
-    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-    return model_trace, guide_trace
-
-
-def latent_sites(trace: poutine.Trace) -> Iterator[tuple[str, dict[str, Any]]]:
-    """The ``(name, site)`` pairs of the latent sample sites of ``trace`` (no subsample sites)."""
-    for name, site in trace.nodes.items():
-        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site):
-            yield name, site
+#: Why the PSIS diagnostics need ``num_samples >= MIN_PSIS_SAMPLES`` (for the error message).
+_PSIS_WHY = "PSIS k-hat needs at least 21 draws"
 
 
 def guess_max_plate_nesting(model: Callable, guide: Callable, args: tuple, kwargs: dict) -> int:
-    """The deepest plate nesting of one traced run of ``model`` and ``guide`` (at least 1)."""
-    model_trace, guide_trace = trace_pair(model, guide, args, kwargs)
-    depth = 0
-    for tr in (model_trace, guide_trace):
-        for site in tr.nodes.values():
-            if site["type"] == "sample":
-                depth = max(depth, *[-f.dim for f in site["cond_indep_stack"] if f.vectorized], 0)
-    return depth
+    """The deepest plate nesting of one traced run of ``model`` and ``guide`` (0 if none)."""
+    return max_plate_nesting_of(*trace_pair(model, guide, args, kwargs))
 
 
 @torch.no_grad()
@@ -95,43 +74,25 @@ def log_importance_weights(
         >>> lw.shape, float(lw.abs().max())
         (torch.Size([100]), 0.0)
     """
-    check_positive_int("num_samples", num_samples)
+    check_weight_arguments(
+        model,
+        guide,
+        num_samples,
+        max_plate_nesting=max_plate_nesting,
+        model_kwargs=model_kwargs,
+        vectorize=vectorize,
+    )
     kwargs = dict(model_kwargs or {})
-    if vectorize:
-        lw = _vectorized_log_weights(model, guide, args, kwargs, num_samples, max_plate_nesting)
-        if lw is not None:
-            return lw.detach()
-    weights = [_log_weight(*trace_pair(model, guide, args, kwargs)) for _ in range(num_samples)]
-    return torch.stack(weights).detach()
-
-
-def _vectorized_log_weights(
-    model: Callable,
-    guide: Callable,
-    args: tuple,
-    kwargs: dict,
-    num_samples: int,
-    max_plate_nesting: int | None,
-) -> torch.Tensor | None:
-    """The ``(S,)`` log weights from one vectorized run, or ``None`` if the model does not
-    vectorize."""
-    try:
-        nesting = max_plate_nesting
-        if nesting is None:
-            nesting = guess_max_plate_nesting(model, guide, args, kwargs)
-        lw, _, _ = vectorized_importance_weights(
-            model, guide, *args, num_samples=num_samples, max_plate_nesting=nesting, **kwargs
-        )
-        if lw.shape == (num_samples,):
-            return lw
-    except (RuntimeError, ValueError, NotImplementedError):
-        pass  # a model that does not vectorize: fall back to one trace per sample
-    return None
-
-
-def _log_weight(model_trace: poutine.Trace, guide_trace: poutine.Trace) -> torch.Tensor:
-    """``log p(x, z) - log q(z)`` of one draw."""
-    return model_trace.log_prob_sum() - guide_trace.log_prob_sum()
+    log_w, _ = weighted_draws(
+        model,
+        guide,
+        args,
+        kwargs,
+        num_samples,
+        max_plate_nesting=max_plate_nesting,
+        vectorize=vectorize,
+    )
+    return log_w.detach()
 
 
 def psis_khat(
@@ -151,6 +112,7 @@ def psis_khat(
         >>> psis_khat(model, narrow_guide, num_samples=2000) > 0.7   # too-light tails
         True
     """
+    check_weight_arguments(model, guide, num_samples, MIN_PSIS_SAMPLES, _PSIS_WHY, **kwargs)
     lw = log_importance_weights(model, guide, *args, num_samples=num_samples, **kwargs)
     return float(psis(lw)[1])
 
@@ -171,6 +133,7 @@ def log_evidence(
         >>> abs(est - dist.Normal(0.0, 2**0.5).log_prob(torch.tensor(1.0)).item()) < 1e-5, se < 1e-5
         (True, True)
     """
+    check_weight_arguments(model, guide, num_samples, 2, "the standard error needs 2", **kwargs)
     lw = log_importance_weights(model, guide, *args, num_samples=num_samples, **kwargs)
     est, se = _log_evidence_from_weights(lw)
     return float(est), float(se)
@@ -180,6 +143,7 @@ def diagnose_importance(
     model: Callable, guide: Callable, *args: Any, num_samples: int = 1000, **kwargs: Any
 ) -> ImportanceDiagnostics:
     """k̂, its verdict, importance-sampling ESS and the log-evidence estimate in one object."""
+    check_weight_arguments(model, guide, num_samples, MIN_PSIS_SAMPLES, _PSIS_WHY, **kwargs)
     lw = log_importance_weights(model, guide, *args, num_samples=num_samples, **kwargs)
     return importance_diagnostics(lw)
 
@@ -209,17 +173,10 @@ def to_inference_data(
     """
     import arviz as az
 
-    check_positive_int("num_samples", num_samples)
-    kwargs = dict(model_kwargs or {})
-    posterior: dict[str, list] = {}
-    log_w = []
-    for _ in range(num_samples):
-        model_trace, guide_trace = trace_pair(model, guide, args, kwargs)
-        log_w.append(float(_log_weight(model_trace, guide_trace)))
-        for name, site in latent_sites(model_trace):
-            posterior.setdefault(name, []).append(site["value"].detach().cpu().numpy())
-    post = {k: np.stack(v)[None] for k, v in posterior.items()}
-    return _arviz_data(az, post, {"log_importance_weight": np.asarray(log_w)[None]})
+    check_weight_arguments(model, guide, num_samples, model_kwargs=model_kwargs)
+    log_w, draws = weighted_draws(model, guide, args, dict(model_kwargs or {}), num_samples)
+    post = {k: v.detach().cpu().numpy()[None] for k, v in draws.items()}
+    return _arviz_data(az, post, {"log_importance_weight": log_w.double().cpu().numpy()[None]})
 
 
 def _arviz_data(az: Any, posterior: dict[str, np.ndarray], sample_stats: dict[str, np.ndarray]):

@@ -35,18 +35,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from pyro.infer.importance import vectorized_importance_weights
 
 from ..training.loop import History
-from ..utils.validation import check_float, check_positive_int
-from .importance import guess_max_plate_nesting, latent_sites, trace_pair
-from .psis import importance_ess, khat_threshold, khat_verdict, log_evidence, psis
+from ..utils.validation import check_float
+from .draws import check_weight_arguments, weighted_draws
+from .psis import MIN_PSIS_SAMPLES, importance_ess, khat_threshold, khat_verdict, log_evidence, psis
 
 __all__ = ["diagnose", "reweighted_summary", "TrustReport", "SiteReliability", "SHIFT_TOLERANCE"]
 
 #: Largest PSIS reweighting shift of a marginal (mean in guide sds, or the absolute log sd ratio) for
 #: which :attr:`TrustReport.trustworthy` accepts the guide's own summaries.
 SHIFT_TOLERANCE = 0.1
+#: Why the report needs ``num_samples >= MIN_PSIS_SAMPLES`` (for the error message).
+_PSIS_WHY = "PSIS k-hat needs at least 21 draws"
 
 
 @dataclass(frozen=True)
@@ -141,42 +142,14 @@ class TrustReport:
         return "\n".join(lines)
 
 
-@torch.no_grad()
 def _weighted_samples(
     model: Callable, guide: Callable, args: tuple, kwargs: dict, num_samples: int
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``(log_w (S,), {site: (S, -1)})`` from ``num_samples`` independent guide draws
-    (vectorized over draws when the model allows it, else one trace per draw)."""
-    vectorized = _vectorized_weighted_samples(model, guide, args, kwargs, num_samples)
-    if vectorized is not None:
-        return vectorized
-    log_w, samples = [], {}
-    for _ in range(num_samples):
-        model_trace, guide_trace = trace_pair(model, guide, args, kwargs)
-        log_w.append(model_trace.log_prob_sum() - guide_trace.log_prob_sum())
-        for name, site in latent_sites(model_trace):
-            samples.setdefault(name, []).append(site["value"].reshape(-1))
-    return torch.stack(log_w), {k: torch.stack(v) for k, v in samples.items()}
-
-
-def _vectorized_weighted_samples(
-    model: Callable, guide: Callable, args: tuple, kwargs: dict, num_samples: int
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
-    """:func:`_weighted_samples` from one vectorized run, or ``None`` if the model does not
-    vectorize."""
-    try:
-        nesting = guess_max_plate_nesting(model, guide, args, kwargs)
-        lw, model_trace, _ = vectorized_importance_weights(
-            model, guide, *args, num_samples=num_samples, max_plate_nesting=nesting, **kwargs
-        )
-        vectorized = {name: site["value"] for name, site in latent_sites(model_trace)}
-        if lw.shape == (num_samples,) and all(
-            v.shape[:1] == (num_samples,) for v in vectorized.values()
-        ):
-            return lw, {k: v.reshape(num_samples, -1) for k, v in vectorized.items()}
-    except (RuntimeError, ValueError, NotImplementedError):
-        pass
-    return None
+    (vectorized in chunks of bounded memory when the model allows it, else one model trace per
+    draw; see :func:`pyro_nf.diagnostics.draws.weighted_draws`)."""
+    log_w, draws = weighted_draws(model, guide, args, kwargs, num_samples)
+    return log_w, {k: v.reshape(num_samples, -1) for k, v in draws.items()}
 
 
 def _moments(
@@ -213,7 +186,9 @@ def reweighted_summary(
         >>> abs(float(s["z"]["mean"]) - 1.0) < abs(float(s["z"]["raw_mean"]) - 1.0)
         True
     """
-    check_positive_int("num_samples", num_samples)
+    check_weight_arguments(
+        model, guide, num_samples, MIN_PSIS_SAMPLES, _PSIS_WHY, model_kwargs=model_kwargs
+    )
     log_w, samples = _weighted_samples(model, guide, args, dict(model_kwargs or {}), num_samples)
     smoothed, khat = psis(log_w)
     weights = smoothed.exp()
@@ -251,7 +226,13 @@ def diagnose(
         >>> report.verdict, report.trustworthy
         ('bad', False)
     """
-    check_positive_int("num_samples", num_samples)
+    check_weight_arguments(
+        model, guide, num_samples, MIN_PSIS_SAMPLES, _PSIS_WHY, model_kwargs=model_kwargs
+    )
+    if history is not None and not isinstance(history, History):
+        raise ValueError(
+            f"history: expected None or the History returned by pyro_nf.fit, got {type(history).__name__}"
+        )
     check_float("shift_tolerance", shift_tolerance, "a positive finite float", lambda v: v > 0)
     if history is None:
         history = getattr(guide, "history", None)

@@ -9,12 +9,20 @@ and the Gaussians :func:`gaussian` (full covariance) and :func:`diagonal`. Each 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import torch  # noqa: F401  (the examples use it)
 
-from ..utils.validation import check_positive_int
+from ..utils.nn import default_hidden, made_parameter_count
+from ..utils.validation import (
+    MAX_PARAMETERS,
+    check_choice,
+    check_parameter_count,
+    check_positive_int,
+    check_widths,
+    mlp_parameter_count,
+)
 from .flow import Flow
 from .layers import (
     AutoregressiveLayer,
@@ -26,6 +34,7 @@ from .layers import (
     PermuteLayer,
     PlanarLayer,
     RadialLayer,
+    check_init,
 )
 
 __all__ = [
@@ -42,6 +51,99 @@ __all__ = [
 ]
 
 BaseKind = Literal["diagonal", "standard"]
+
+
+BASES = ("diagonal", "standard")
+PERMUTES = ("reverse", "random", None)
+UPDATES = ("sigmoid", "affine")
+
+# -- argument checks, all before anything is allocated ----------------------------------------
+
+
+def _check_common(
+    dim: Any, depth: Any, context_dim: Any, base: Any, context_hidden: Any
+) -> tuple[int, ...]:
+    """Check the arguments every builder shares; the context widths as a tuple."""
+    check_positive_int("dim", dim)
+    if depth is not None:
+        check_positive_int("depth", depth)
+    if context_dim is not None:
+        check_positive_int("context_dim", context_dim)
+    check_choice("base", base, BASES)
+    return check_widths("context_hidden", context_hidden)
+
+
+def _check_hidden(hidden: Any, allow_empty: bool) -> tuple[int, ...] | None:
+    return None if hidden is None else check_widths("hidden", hidden, allow_empty=allow_empty)
+
+
+def _count(layers: Callable[..., tuple[int, int]], sizes: dict[str, Any]) -> int:
+    """Parameters of a flow: ``layers(**sizes)`` gives (direct, amortized) parameter counts;
+    the amortized ones are the outputs of the context network."""
+    direct, amortized = layers(**sizes)
+    if amortized and sizes["context_dim"] is not None:
+        net = [sizes["context_dim"], *sizes["context_hidden"], amortized]
+        direct += mlp_parameter_count(net)
+    return direct + amortized * (sizes["context_dim"] is None)
+
+
+#: small sizes each argument is set to in turn to find the one that makes a flow too large
+_SMALL = {"dim": 2, "depth": 1, "context_dim": 1}
+
+
+def _check_size(layers: Callable[..., tuple[int, int]], **sizes: Any) -> None:
+    """Refuse a flow of more than ``MAX_PARAMETERS`` parameters before building it, naming the
+    argument whose reduction shrinks it most."""
+    count = _count(layers, sizes)
+    if count <= MAX_PARAMETERS:
+        return
+    shrunk = {}
+    for name, value in sizes.items():
+        if value is None or name not in _SMALL and not isinstance(value, tuple):
+            continue
+        small = _SMALL.get(name, (1,) * len(value) if isinstance(value, tuple) else value)
+        shrunk[name] = _count(layers, {**sizes, name: small})
+    check_parameter_count(min(shrunk, key=shrunk.get), count)
+
+
+def _base_count(dim: int, base: str | None) -> int:
+    return 2 * dim if base == "diagonal" else 0
+
+
+def _map_counts(per_map: Callable[[int], int]) -> Callable[..., tuple[int, int]]:
+    """(direct, amortized) counts of a base and ``depth`` planar or radial maps."""
+
+    def counts(dim: int, depth: int, context_dim: int | None, base: str, **_: Any) -> tuple:
+        n = _base_count(dim, base) + depth * per_map(dim)
+        return (0, n) if context_dim is not None else (n, 0)
+
+    return counts
+
+
+def _autoregressive_counts(
+    dim: int, depth: int, context_dim: int | None, hidden: Any, base: str, **_: Any
+) -> tuple[int, int]:
+    width = hidden if hidden is not None else default_hidden(dim, context_dim)
+    made = depth * made_parameter_count(dim, width, 2, context_dim)
+    base_n = _base_count(dim, base)
+    return (made, base_n) if context_dim is not None else (made + base_n, 0)
+
+
+def _coupling_counts(
+    dim: int, depth: int, context_dim: int | None, hidden: Any, base: str, **_: Any
+) -> tuple[int, int]:
+    width = hidden if hidden is not None else default_hidden(dim, context_dim)
+    nets = depth * mlp_parameter_count([dim + (context_dim or 0), *width, 2 * dim])
+    base_n = _base_count(dim, base)
+    return (nets, base_n) if context_dim is not None else (nets + base_n, 0)
+
+
+def _gaussian_counts(dim: int, context_dim: int | None, full: bool, **_: Any) -> tuple[int, int]:
+    n = 2 * dim + (dim * (dim - 1) // 2 if full else 0)
+    return (0, n) if context_dim is not None else (n, 0)
+
+
+# -- the builders -------------------------------------------------------------------------------
 
 
 def _base_layers(dim: int, base: BaseKind, amortized: bool) -> list[FlowLayer]:
@@ -73,7 +175,12 @@ def planar(
         >>> z.shape, log_q.shape
         (torch.Size([100, 2]), torch.Size([100]))
     """
-    check_positive_int("depth", depth)
+    context_hidden = _check_common(dim, depth, context_dim, base, context_hidden)
+    check_init(init)
+    _check_size(
+        _map_counts(lambda d: 2 * d + 1), dim=dim, depth=depth, context_dim=context_dim,
+        context_hidden=context_hidden, base=base,
+    )  # fmt: skip
     amortized = context_dim is not None
     layers = _base_layers(dim, base, amortized) + [
         PlanarLayer(dim, depth, amortized=amortized, init=init)
@@ -100,7 +207,12 @@ def radial(
         >>> q.sample().shape
         torch.Size([10, 3])
     """
-    check_positive_int("depth", depth)
+    context_hidden = _check_common(dim, depth, context_dim, base, context_hidden)
+    check_init(init)
+    _check_size(
+        _map_counts(lambda d: d + 2), dim=dim, depth=depth, context_dim=context_dim,
+        context_hidden=context_hidden, base=base,
+    )  # fmt: skip
     amortized = context_dim is not None
     layers = _base_layers(dim, base, amortized) + [
         RadialLayer(dim, depth, amortized=amortized, init=init)
@@ -119,7 +231,14 @@ def _autoregressive(
     base: BaseKind,
     context_hidden: Sequence[int],
 ) -> Flow:
-    check_positive_int("depth", depth)
+    context_hidden = _check_common(dim, depth, context_dim, base, context_hidden)
+    hidden = _check_hidden(hidden, allow_empty=False)
+    check_choice("update", update, UPDATES)
+    check_choice("permute", permute, PERMUTES)
+    _check_size(
+        _autoregressive_counts, dim=dim, depth=depth, context_dim=context_dim, hidden=hidden,
+        context_hidden=context_hidden, base=base,
+    )  # fmt: skip
     layers = _base_layers(dim, base, context_dim is not None)
     for k in range(depth):
         if k > 0 and permute is not None and dim > 1:
@@ -187,7 +306,14 @@ def _coupling(
     base: BaseKind,
     context_hidden: Sequence[int],
 ) -> Flow:
-    check_positive_int("depth", depth)
+    context_hidden = _check_common(dim, depth, context_dim, base, context_hidden)
+    hidden = _check_hidden(hidden, allow_empty=True)
+    if dim < 2:
+        raise ValueError(f"dim: coupling flows need at least 2 coordinates, got {dim}")
+    _check_size(
+        _coupling_counts, dim=dim, depth=depth, context_dim=context_dim, hidden=hidden,
+        context_hidden=context_hidden, base=base,
+    )  # fmt: skip
     layers = _base_layers(dim, base, context_dim is not None)
     layers += [CouplingLayer(dim, k % 2, hidden, context_dim, kind=kind) for k in range(depth)]
     return Flow(dim, layers, context_dim, context_hidden)
@@ -279,6 +405,10 @@ def gaussian(dim: int, context_dim: int | None = None, context_hidden: Sequence[
         >>> gaussian(3)().sample((4,)).shape
         torch.Size([4, 3])
     """
+    context_hidden = _check_common(dim, None, context_dim, "standard", context_hidden)
+    _check_size(
+        _gaussian_counts, dim=dim, context_dim=context_dim, context_hidden=context_hidden, full=True
+    )
     layer = LowerTriangularAffineLayer(dim, amortized=context_dim is not None)
     return Flow(dim, [layer], context_dim, context_hidden)
 
@@ -291,5 +421,13 @@ def diagonal(dim: int, context_dim: int | None = None, context_hidden: Sequence[
         >>> q.batch_shape, q.event_shape
         (torch.Size([5]), torch.Size([2]))
     """
+    context_hidden = _check_common(dim, None, context_dim, "standard", context_hidden)
+    _check_size(
+        _gaussian_counts,
+        dim=dim,
+        context_dim=context_dim,
+        context_hidden=context_hidden,
+        full=False,
+    )
     layer = DiagonalAffineLayer(dim, amortized=context_dim is not None)
     return Flow(dim, [layer], context_dim, context_hidden)

@@ -32,7 +32,7 @@ import torch
 from pyro.distributions import TorchDistribution
 from torch.distributions import constraints
 
-from ..utils.validation import check_context, check_event
+from ..utils.validation import check_context, check_event, check_sample_shape, check_tensor_like
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..transforms import FlowTransform
@@ -79,6 +79,11 @@ def _check_flow_like(flow: Any) -> None:
         )
 
 
+def _first_parameter(flow: FlowLike) -> torch.Tensor | None:
+    """The flow's first parameter (its dtype and device are the flow's), or ``None``."""
+    return next(iter(flow.parameters()), None)
+
+
 class FlowDistribution(TorchDistribution):
     r"""The distribution of :math:`z = f(\varepsilon)`, :math:`\varepsilon \sim \mathcal N(0, I)`.
 
@@ -117,7 +122,8 @@ class FlowDistribution(TorchDistribution):
         # the one construction path: the flow's contract and the context's shape are always
         # checked; the context's values (a host sync) only unless validate_args=False
         _check_flow_like(flow)
-        check_context(context, flow.context_dim, finite=validate_args is not False)
+        like = _first_parameter(flow)
+        check_context(context, flow.context_dim, finite=validate_args is not False, like=like)
         self.flow = flow
         self.context = context
         ctx_batch = context.shape[:-1] if context is not None else torch.Size()
@@ -155,6 +161,10 @@ class FlowDistribution(TorchDistribution):
             self._cache = None
         return self._transforms
 
+    def _like(self) -> torch.Tensor | None:
+        """The tensor whose dtype and device values must have: the context, else a parameter."""
+        return self.context if self.context is not None else _first_parameter(self.flow)
+
     def _reference(self) -> torch.Tensor:
         if self.context is not None:
             return self.context
@@ -168,9 +178,10 @@ class FlowDistribution(TorchDistribution):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw a reparameterized sample of shape ``sample_shape + batch_shape + (D,)`` and its
         log density (shape ``sample_shape + batch_shape``) in one pass."""
+        sample_shape = check_sample_shape("sample_shape", sample_shape)
         transforms = self.transforms()
         ref = self._reference()
-        shape = self._extended_shape(torch.Size(sample_shape))
+        shape = self._extended_shape(sample_shape)
         eps = torch.randn(shape, dtype=ref.dtype, device=ref.device)
         log_q = -0.5 * (eps * eps).sum(-1) - self.flow.dim * _HALF_LOG_2PI
         z = eps
@@ -209,8 +220,11 @@ class FlowDistribution(TorchDistribution):
         cached = self._cached_log_prob(value)
         if cached is not None:
             return cached
-        if self._validate:
-            check_event("value", value, self.flow.dim)
+        if not self._validate:  # dtype, device and meta: metadata only, checked always
+            if isinstance(value, torch.Tensor):
+                check_tensor_like("value", value, self._like())
+        else:
+            check_event("value", value, self.flow.dim, like=self._like())
             try:
                 torch.broadcast_shapes(value.shape[:-1], self.batch_shape)
             except RuntimeError:

@@ -22,7 +22,13 @@ from torch import nn
 
 from ..transforms import FlowTransform
 from ..utils.nn import MLP
-from ..utils.validation import check_context, check_positive_int
+from ..utils.validation import (
+    check_context,
+    check_parameter_count,
+    check_positive_int,
+    check_widths,
+    mlp_parameter_count,
+)
 from .distribution import FlowDistribution
 from .layers import FlowLayer
 
@@ -65,6 +71,10 @@ class Flow(nn.Module):
         self.dim = check_positive_int("dim", dim)
         if context_dim is not None:
             check_positive_int("context_dim", context_dim)
+        context_hidden = check_widths("context_hidden", context_hidden)
+        if isinstance(layers, (str, bytes, torch.Tensor)) or not hasattr(layers, "__iter__"):
+            raise ValueError(f"layers: expected a sequence of FlowLayers, got {layers!r}")
+        layers = list(layers)
         if len(layers) == 0:
             raise ValueError("layers: expected at least one flow layer, got an empty sequence")
         for i, layer in enumerate(layers):
@@ -88,7 +98,11 @@ class Flow(nn.Module):
         self.context_net: nn.Module | None = None
         if amortized:
             out = sum(self._sizes)
-            self.context_net = MLP(context_dim, out, hidden=tuple(context_hidden), zero_last=True)
+            sizes = [context_dim, *context_hidden, out]
+            check_parameter_count(
+                "context_hidden", mlp_parameter_count(sizes), "the context network"
+            )
+            self.context_net = MLP(context_dim, out, hidden=context_hidden, zero_last=True)
             self._init_context_bias()
 
     @torch.no_grad()
@@ -125,7 +139,7 @@ class Flow(nn.Module):
     ) -> list[FlowTransform]:
         """The list of transforms (sampling direction) at the current parameters."""
         if validate:
-            check_context(context, self.context_dim)
+            check_context(context, self.context_dim, like=self._like())
         chunks: list[torch.Tensor] = []
         if self.context_net is not None:
             chunks = list(self.context_net(context).split(self._sizes, dim=-1))
@@ -135,8 +149,12 @@ class Flow(nn.Module):
             transforms.append(layer.transform(params, context))
         return transforms
 
+    def _like(self) -> torch.Tensor | None:
+        """A parameter: a context must have its dtype and device."""
+        return next(iter(self.parameters()), None)
+
     def forward(self, context: torch.Tensor | None = None) -> FlowDistribution:
-        check_context(context, self.context_dim)
+        check_context(context, self.context_dim, like=self._like())
         return FlowDistribution(self, context)
 
     def extra_repr(self) -> str:

@@ -38,7 +38,12 @@ from ..transforms.affine import raw_from_scale
 from ..transforms.autoregressive import DEFAULT_GATE_BIAS, DEFAULT_SCALE_BOUND
 from ..transforms.planar import PLANAR_SHIFT
 from ..utils.nn import MADE, MLP, default_hidden
-from ..utils.validation import check_positive_int
+from ..utils.validation import (
+    check_choice,
+    check_parameter_count,
+    check_positive_int,
+    check_widths,
+)
 
 __all__ = [
     "FlowLayer",
@@ -137,8 +142,8 @@ MAP_INITS = ("identity", "random", "pyro")
 PYRO_COORDINATES_SUFFIX = "_in_pyro_coordinates"
 
 
-def _check_init(init: str) -> str:
-    if init not in MAP_INITS:
+def check_init(init: str) -> str:
+    if not isinstance(init, str) or init not in MAP_INITS:
         raise ValueError(f"init: expected 'identity', 'random' or 'pyro', got {init!r}")
     return init
 
@@ -193,7 +198,8 @@ class PlanarLayer(FlowLayer):
     ) -> None:
         super().__init__(dim, amortized)
         self.depth = check_positive_int("depth", depth)
-        self.init = _check_init(init)
+        check_parameter_count("depth", self.depth * (2 * self.dim + 1), "the planar layer")
+        self.init = check_init(init)
         self._own_params(self._draw_params())
 
     def _draw_params(self) -> torch.Tensor:
@@ -290,7 +296,8 @@ class RadialLayer(FlowLayer):
     ) -> None:
         super().__init__(dim, amortized)
         self.depth = check_positive_int("depth", depth)
-        self.init = _check_init(init)
+        check_parameter_count("depth", self.depth * (self.dim + 2), "the radial layer")
+        self.init = check_init(init)
         self._own_params(self._draw_params())
 
     def _draw_params(self) -> torch.Tensor:
@@ -334,6 +341,7 @@ class DiagonalAffineLayer(FlowLayer):
         positive: str = "softplus",
     ) -> None:
         super().__init__(dim, amortized)
+        check_parameter_count("dim", 2 * self.dim, "the affine layer")
         loc = torch.as_tensor(init_loc, dtype=torch.get_default_dtype()).expand(dim).clone()
         scale = torch.as_tensor(init_scale, dtype=torch.get_default_dtype()).expand(dim).clone()
         if not bool((scale > 0).all()) or not bool(torch.isfinite(scale).all()):
@@ -375,6 +383,7 @@ class LowerTriangularAffineLayer(FlowLayer):
         positive: str = "softplus",
     ) -> None:
         super().__init__(dim, amortized)
+        check_parameter_count("dim", 2 * self.dim + self.dim * (self.dim - 1) // 2, "the layer")
         dtype = torch.get_default_dtype()
         loc = torch.as_tensor(init_loc, dtype=dtype).expand(dim).clone()
         tril = torch.as_tensor(init_scale_tril, dtype=dtype)
@@ -456,9 +465,12 @@ class AutoregressiveLayer(FlowLayer):
         activation: type[nn.Module] = nn.ReLU,
     ) -> None:
         super().__init__(dim)
-        if update not in ("sigmoid", "affine"):
-            raise ValueError(f"update: expected 'sigmoid' or 'affine', got {update!r}")
-        hidden = tuple(hidden) if hidden is not None else default_hidden(dim, context_dim)
+        check_choice("update", update, ("sigmoid", "affine"))
+        if context_dim is not None:
+            check_positive_int("context_dim", context_dim)
+        if hidden is not None:
+            hidden = check_widths("hidden", hidden, allow_empty=False)
+        hidden = hidden if hidden is not None else default_hidden(dim, context_dim)
         self.context_dim = context_dim
         self.made = MADE(dim, hidden, num_params=2, context_dim=context_dim, activation=activation)
         self.update, self.invert = update, invert
@@ -485,7 +497,7 @@ class PermuteLayer(FlowLayer):
 
     def __init__(self, dim: int, perm: str | torch.Tensor = "reverse", seed: int = 0) -> None:
         super().__init__(dim)
-        if isinstance(perm, str):
+        if isinstance(perm, str) or not isinstance(perm, (torch.Tensor, list, tuple)):
             if perm == "reverse":
                 perm_t = torch.arange(dim - 1, -1, -1)
             elif perm == "random":
@@ -495,12 +507,24 @@ class PermuteLayer(FlowLayer):
                     f"perm: expected 'reverse', 'random' or a permutation tensor, got {perm!r}"
                 )
         else:
-            perm_t = torch.as_tensor(perm, dtype=torch.long)
+            perm_t = torch.as_tensor(perm).long() if _is_integer_sequence(perm) else None
+            if perm_t is None or not torch.equal(perm_t.sort().values, torch.arange(dim)):
+                raise ValueError(
+                    f"perm: expected 'reverse', 'random' or a permutation of 0..{dim - 1}, "
+                    f"got {perm!r}"
+                )
         self.register_buffer("perm", perm_t)
         self._reverse = bool(torch.equal(perm_t, torch.arange(dim - 1, -1, -1)))
 
     def build(self, params: torch.Tensor | None, context: torch.Tensor | None) -> FlowTransform:
         return Reverse(self.dim) if self._reverse else Permute(self.perm)
+
+
+def _is_integer_sequence(perm: torch.Tensor | Sequence[int]) -> bool:
+    """Whether ``perm`` is an integer tensor or a list/tuple of integers (1-D)."""
+    if isinstance(perm, torch.Tensor):
+        return perm.dim() == 1 and not perm.is_floating_point() and perm.dtype != torch.bool
+    return all(isinstance(i, int) and not isinstance(i, bool) for i in perm)
 
 
 class CouplingLayer(FlowLayer):
@@ -530,9 +554,11 @@ class CouplingLayer(FlowLayer):
         super().__init__(dim)
         if dim < 2:
             raise ValueError(f"dim: coupling layers need at least 2 coordinates, got {dim}")
-        if kind not in ("affine", "additive"):
-            raise ValueError(f"kind: expected 'affine' or 'additive', got {kind!r}")
-        hidden = tuple(hidden) if hidden is not None else default_hidden(dim, context_dim)
+        check_choice("kind", kind, ("affine", "additive"))
+        if context_dim is not None:
+            check_positive_int("context_dim", context_dim)
+        hidden = check_widths("hidden", hidden) if hidden is not None else None
+        hidden = hidden if hidden is not None else default_hidden(dim, context_dim)
         self.context_dim, self.kind, self.scale_bound = context_dim, kind, scale_bound
         self.register_buffer(
             "mask", (torch.arange(dim) % 2 == parity % 2).to(torch.get_default_dtype())

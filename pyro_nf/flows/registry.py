@@ -17,6 +17,7 @@ store it so that they can be rebuilt on load.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -267,13 +268,41 @@ def build_flow(
         ['DiagonalAffineLayer', 'AutoregressiveLayer', 'PlanarLayer']
     """
     norm = normalize_spec(spec, kwargs)
-    flow = _FAMILIES[norm["name"]].builder(**norm["kwargs"])
+    builder = _FAMILIES[norm["name"]].builder
+    _check_arguments(norm["name"], builder, norm["kwargs"])
+    flow = builder(**norm["kwargs"])
     if not isinstance(flow, Flow):
         raise ValueError(
             f"spec: expected builder {norm['name']!r} to return a Flow, got {type(flow).__name__}"
         )
     setattr(flow, SPEC_ATTR, norm)
     return flow
+
+
+def _check_arguments(name: str, builder: Callable[..., Flow], kwargs: dict[str, Any]) -> None:
+    """Refuse keyword arguments that ``builder`` does not take, or a missing required one,
+    naming the spec field (instead of the builder call's bare ``TypeError``).
+
+    Example:
+        >>> build_flow("maf", dim=2, hiden=[8])
+        Traceback (most recent call last):
+        ...
+        ValueError: hiden: not an argument of flow 'maf'; expected some of ['dim', 'depth', 'context_dim', 'hidden', 'update', 'permute', 'base', 'context_hidden']
+    """
+    try:
+        params = inspect.signature(builder).parameters
+    except (TypeError, ValueError):  # pragma: no cover - a builtin without a signature
+        return
+    keywords = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        for key in kwargs:
+            if key not in keywords:
+                raise ValueError(
+                    f"{key}: not an argument of flow {name!r}; expected some of {keywords}"
+                )
+    for key in keywords:
+        if params[key].default is inspect.Parameter.empty and key not in kwargs:
+            raise ValueError(f"{key}: missing; flow {name!r} needs it (got {sorted(kwargs)})")
 
 
 def flow_spec(flow: Flow) -> dict[str, Any] | None:

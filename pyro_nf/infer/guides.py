@@ -29,6 +29,7 @@ encoder (the building block of flow VAEs).
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack, nullcontext
@@ -42,11 +43,12 @@ from pyro.infer.autoguide import AutoContinuous
 from pyro.infer.autoguide.initialization import init_to_median
 from torch import nn
 
+from ..diagnostics.draws import check_callable
 from ..diagnostics.report import TrustReport, diagnose
 from ..flows.flow import Flow
 from ..flows.registry import family_names, get_family
 from ..transforms import ChainTransform
-from ..utils.validation import check_positive_int
+from ..utils.validation import check_float, check_positive_int
 from .prototype import assemble_flow, check_latent_sites, initial_affine, minus_inf_on_error
 
 __all__ = ["FlowGuide", "AmortizedFlowGuide"]
@@ -97,6 +99,72 @@ def _checked_init(init_loc_fn: Callable) -> Callable:
         return value
 
     return init
+
+
+#: Builder keywords that :class:`FlowGuide` sets itself (not part of ``**flow_kwargs``).
+_GUIDE_SET = ("dim", "depth", "context_dim", "base", "context_hidden")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    """Raise unless ``value`` is one of the strings ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        expected = ", ".join(repr(c) for c in choices[:-1]) + f" or {choices[-1]!r}"
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")
+
+
+def _check_flow_arguments(flow: Any, depth: Any, flow_kwargs: dict[str, Any]) -> None:
+    """Check ``flow``, ``depth`` and the builder keywords at construction (before any trace)."""
+    names = family_names("guide")
+    if isinstance(flow, str):
+        if flow not in names:
+            raise ValueError(
+                f"flow: expected one of {names}, a Flow, or a callable dim -> Flow; got {flow!r}"
+            )
+    elif isinstance(flow, Flow):
+        if flow.context_dim is not None:
+            raise ValueError(
+                "flow: expected a directly parameterized Flow (context_dim=None), got an "
+                f"amortized one (context_dim={flow.context_dim}); use AmortizedFlowGuide for that"
+            )
+    elif not callable(flow):
+        raise ValueError(
+            f"flow: expected one of {names}, a Flow, or a callable dim -> Flow; "
+            f"got {type(flow).__name__}"
+        )
+    if depth is not None:
+        check_positive_int("depth", depth)
+    if not isinstance(flow, str):
+        given = ["depth"] * (depth is not None) + sorted(flow_kwargs)
+        if given:
+            raise ValueError(
+                f"{given[0]}: only a flow family name takes depth and builder keywords; "
+                f"got flow={type(flow).__name__}, whose layers are already chosen"
+            )
+        return
+    _check_builder_keywords(flow, depth, flow_kwargs)
+
+
+def _check_builder_keywords(flow: str, depth: int | None, flow_kwargs: dict[str, Any]) -> None:
+    """Refuse keywords the family's builder does not take (naming them), and let the builder
+    check the values on a throwaway flow (on a forked random stream)."""
+    family = get_family(flow, use="guide")
+    accepted = [p for p in inspect.signature(family.builder).parameters if p not in _GUIDE_SET]
+    unknown = sorted(set(flow_kwargs) - set(accepted))
+    if unknown:
+        raise TypeError(
+            f"{unknown[0]}: unexpected keyword argument of FlowGuide(flow={flow!r}); expected "
+            "init_loc_fn, init_scale, affine, init"
+            + (f" or a keyword of the {flow} builder: {', '.join(accepted)}" if accepted else "")
+        )
+    if flow_kwargs:
+        dim = max(family.min_dim, 2)
+        with torch.random.fork_rng(devices=[]):
+            family.builder(
+                dim,
+                depth=family.guide_depth if depth is None else depth,
+                base="standard",
+                **{**family.guide_kwargs(dim), **flow_kwargs},
+            )
 
 
 class FlowGuide(AutoContinuous):
@@ -150,29 +218,34 @@ class FlowGuide(AutoContinuous):
         init: str = "laplace",
         **flow_kwargs: Any,
     ) -> None:
-        if init not in ("laplace", "map", "loc"):
-            raise ValueError(f"init: expected 'laplace', 'map' or 'loc', got {init!r}")
-        self._init = init
-        if affine not in ("auto", "full", "diagonal"):
-            raise ValueError(f"affine: expected 'auto', 'full' or 'diagonal', got {affine!r}")
-        self._affine = affine
-        if not callable(init_loc_fn):
-            raise ValueError(
-                f"init_loc_fn: expected a callable site -> value (e.g. init_to_median), got {init_loc_fn!r}"
-            )
-        if not (
-            isinstance(init_scale, int | float) and init_scale > 0 and init_scale < float("inf")
-        ):
-            raise ValueError(f"init_scale: expected a positive finite number, got {init_scale!r}")
-        if isinstance(flow, str) and flow not in family_names("guide"):
-            raise ValueError(
-                f"flow: expected one of {family_names('guide')}, a Flow, or a callable dim -> Flow; got {flow!r}"
-            )
-        if depth is not None:
-            check_positive_int("depth", depth)
-        self._flow_spec, self._depth, self._flow_kwargs = flow, depth, flow_kwargs
-        self._init_scale = float(init_scale)
+        check_callable("model", model, "a callable Pyro model")
+        _check_flow_arguments(flow, depth, flow_kwargs)
+        _check_choice("init", init, ("laplace", "map", "loc"))
+        _check_choice("affine", affine, ("auto", "full", "diagonal"))
+        check_callable("init_loc_fn", init_loc_fn, "a callable site -> value (e.g. init_to_median)")
+        check_float("init_scale", init_scale, "a positive finite number", lambda v: v > 0)
         super().__init__(model, init_loc_fn=_checked_init(init_loc_fn))
+        self._init, self._affine, self._init_scale = init, affine, float(init_scale)
+        # a tuple, so that a Flow given as ``flow`` is not registered as a second submodule
+        self._flow_spec: tuple[Any, ...] = (flow,)
+        self._depth, self._flow_kwargs = depth, flow_kwargs
+
+    def describe(self) -> dict[str, Any]:
+        """Plain data naming this guide's configuration (flow family or type, depth, builder
+        keywords, init, affine): what :func:`pyro_nf.fit` puts in a run's fingerprint.
+
+        Example:
+            >>> FlowGuide(lambda: None, "planar", 3).describe()["flow"]
+            'planar'
+        """
+        flow = self._flow_spec[0]
+        return {
+            "flow": flow if isinstance(flow, str) else type(flow).__name__,
+            "depth": self._depth,
+            "flow_kwargs": {k: repr(v) for k, v in sorted(self._flow_kwargs.items())},
+            "init": self._init,
+            "affine": self._affine,
+        }
 
     # -- construction --------------------------------------------------------------------------
     def _setup_prototype(self, *args: Any, **kwargs: Any) -> None:
@@ -195,7 +268,7 @@ class FlowGuide(AutoContinuous):
         loc0, tril0 = self._init_info.pop("loc"), self._init_info.pop("scale_tril")
         scale0 = self._init_info.pop("learnable_scale")
         dim = self.latent_dim
-        inner = _build_inner_flow(self._flow_spec, dim, self._depth, **self._flow_kwargs)
+        inner = _build_inner_flow(self._flow_spec[0], dim, self._depth, **self._flow_kwargs)
         full = self._affine == "full" or (self._affine == "auto" and dim <= MAX_FULL_AFFINE_DIM)
         flow = assemble_flow(inner, dim, loc0, tril0, scale0, full)
         self.flow = flow.to(dtype=loc.dtype, device=loc.device)
@@ -238,6 +311,7 @@ class FlowGuide(AutoContinuous):
         Returns a dict mapping site names to tensors of shape ``(num_samples, *site_shape)``.
         """
         check_positive_int("num_samples", num_samples)
+        _check_seed(seed, allow_none=True)
         if self.prototype_trace is None:
             raise RuntimeError(
                 "FlowGuide: call the guide once (e.g. one SVI step) before asking for posterior summaries"
@@ -273,9 +347,9 @@ class FlowGuide(AutoContinuous):
     ) -> dict[str, torch.Tensor]:
         """Marginal posterior quantiles of every latent site, estimated from ``num_samples``
         seeded samples (so repeated calls agree). Returns ``{site: (len(quantiles), *shape)}``."""
-        q = torch.as_tensor(quantiles, dtype=torch.float64).reshape(-1)
-        if bool(((q < 0) | (q > 1)).any()):
-            raise ValueError(f"quantiles: expected values in [0, 1], got {q.tolist()}")
+        q = _checked_quantiles(quantiles)
+        check_positive_int("num_samples", num_samples)
+        _check_seed(seed)
         samples = self.sample_posterior(num_samples, seed=seed)
         return {
             name: torch.quantile(s.double(), q, dim=0).to(s.dtype) for name, s in samples.items()
@@ -286,9 +360,35 @@ class FlowGuide(AutoContinuous):
         self, *args: Any, num_samples: int = 10000, seed: int = 0, **kwargs: Any
     ) -> dict[str, torch.Tensor]:
         """Marginal posterior medians of every latent site (Monte Carlo, seeded)."""
+        check_positive_int("num_samples", num_samples)
+        _check_seed(seed)
         return {
             k: v[0] for k, v in self.quantiles([0.5], num_samples=num_samples, seed=seed).items()
         }
+
+
+def _check_seed(seed: Any, allow_none: bool = False) -> None:
+    """Raise unless ``seed`` is an integer (or ``None`` where allowed)."""
+    if seed is None and allow_none:
+        return
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        expected = "None or an integer" if allow_none else "an integer"
+        raise ValueError(f"seed: expected {expected}, got {seed!r}")
+
+
+def _checked_quantiles(quantiles: Any) -> torch.Tensor:
+    """``quantiles`` as a float64 vector of at least one value in [0, 1], else raise."""
+    try:
+        if isinstance(quantiles, str | bytes | bool):
+            raise TypeError
+        q = torch.as_tensor(quantiles, dtype=torch.float64).reshape(-1)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(
+            f"quantiles: expected a sequence of numbers in [0, 1], got {type(quantiles).__name__}"
+        ) from None
+    if q.numel() == 0 or not bool(((q >= 0) & (q <= 1)).all()):
+        raise ValueError(f"quantiles: expected one or more values in [0, 1], got {q.tolist()}")
+    return q
 
 
 def _is_real_vector(support: Any) -> bool:
@@ -337,6 +437,18 @@ class AmortizedFlowGuide(nn.Module):
         support: Any = None,
     ) -> None:
         super().__init__()
+        if not isinstance(site, str) or not site:
+            raise ValueError(
+                f"site: expected the name of the model's local latent site, got {site!r}"
+            )
+        if not callable(plate) and not (isinstance(plate, str) and plate):
+            raise ValueError(
+                f"plate: expected the model's plate name or a callable returning a pyro.plate, got {plate!r}"
+            )
+        if support is not None and not isinstance(support, dist.constraints.Constraint):
+            raise ValueError(
+                f"support: expected None or a torch.distributions constraint, got {type(support).__name__}"
+            )
         if not isinstance(flow, Flow) or flow.context_dim is None:
             raise ValueError(f"flow: expected an amortized Flow (context_dim set), got {flow!r}")
         if not callable(encoder):

@@ -18,6 +18,7 @@ schedules, clipping, early stopping, NaN recovery and checkpoints.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -27,10 +28,27 @@ from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO
 from pyro.infer.importance import vectorized_importance_weights
 
+from ..diagnostics.draws import check_callable, check_model_kwargs
+from ..training.checkpoint import atomic_save
+from ..training.integrity import (
+    INTEGRITY_KEY,
+    check_finite_tensors,
+    check_integrity,
+    integrity_record,
+)
 from ..training.loop import EarlyStopping, History, train
-from ..utils.validation import check_positive_int
+from ..utils.hashing import data_sha256, tensor_sha256
+from ..utils.validation import check_float, check_positive_int
 
-__all__ = ["fit", "make_elbo", "RenyiBound", "ConvergenceWarning", "default_early_stopping"]
+__all__ = [
+    "fit",
+    "make_elbo",
+    "RenyiBound",
+    "ConvergenceWarning",
+    "default_early_stopping",
+    "guide_state_path",
+    "fit_fingerprint",
+]
 
 
 class ConvergenceWarning(UserWarning):
@@ -225,14 +243,18 @@ def fit(
         >>> abs(guide.median()["z"].item() - 3.0) < 0.1
         True
     """
-    kwargs = dict(model_kwargs or {})
+    _check_fit_arguments(model, guide, steps, lr, early_stopping, vectorize_particles)
+    _check_nesting(max_plate_nesting)
+    kwargs = check_model_kwargs(model_kwargs)
     loss = make_elbo(elbo, num_particles, vectorize_particles, alpha, max_plate_nesting)
     params = _trainable_parameters(loss, model, guide, args, kwargs)
+    _sync_guide_buffers(guide, train_kwargs.get("checkpoint"), train_kwargs.get("resume", True))
 
     def loss_fn(step: int):
         return loss.differentiable_loss(model, guide, *args, **kwargs)
 
     train_kwargs.setdefault("desc", "SVI")
+    train_kwargs.setdefault("fingerprint", fit_fingerprint(guide, args, kwargs, loss))
     if early_stopping is True:
         early_stopping = default_early_stopping(steps)
     history = train(loss_fn, params, steps, lr=lr, early_stopping=early_stopping, **train_kwargs)
@@ -240,6 +262,119 @@ def fit(
         _warn_not_converged(steps)
     _attach_history(guide, history)
     return history
+
+
+def _check_fit_arguments(
+    model: Any, guide: Any, steps: Any, lr: Any, early_stopping: Any, vectorize_particles: Any
+) -> None:
+    """Check :func:`fit`'s own arguments before any trace is run."""
+    check_callable("model", model, "a callable Pyro model")
+    check_callable("guide", guide, "a callable Pyro guide (e.g. pyro_nf.FlowGuide(model))")
+    check_positive_int("steps", steps)
+    check_float("lr", lr, "a positive finite float", lambda v: v > 0)
+    if not (early_stopping is None or isinstance(early_stopping, bool | EarlyStopping)):
+        raise ValueError(
+            "early_stopping: expected True, False, None or an EarlyStopping, "
+            f"got {type(early_stopping).__name__}"
+        )
+    if not isinstance(vectorize_particles, bool):
+        raise ValueError(
+            f"vectorize_particles: expected True or False, got {vectorize_particles!r}"
+        )
+
+
+def _check_nesting(max_plate_nesting: Any) -> None:
+    """Raise unless ``max_plate_nesting`` is ``None`` or an integer >= 0."""
+    if max_plate_nesting is not None:
+        check_positive_int("max_plate_nesting", max_plate_nesting, minimum=0)
+
+
+def _data_hash(value: Any) -> Any:
+    """A content hash of one model argument (tensors and plain data; else its type name)."""
+    if isinstance(value, torch.Tensor):
+        return tensor_sha256(value)
+    if isinstance(value, list | tuple):
+        return [_data_hash(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _data_hash(v) for k, v in value.items()}
+    try:
+        return data_sha256(value)
+    except TypeError:
+        return type(value).__name__
+
+
+def fit_fingerprint(guide: Any, args: tuple, kwargs: dict, loss: Any) -> dict[str, Any]:
+    """The plain-data fingerprint of a :func:`fit` run: hashes of the model's arguments, the
+    guide (its :meth:`~pyro_nf.FlowGuide.describe` or type) and the loss; a checkpoint written
+    under another fingerprint is not resumed (unless ``resume="force"``).
+
+    Example:
+        >>> fp = fit_fingerprint(None, (torch.zeros(2),), {}, None)
+        >>> sorted(fp), len(fp["model_args"][0])
+        (['guide', 'loss', 'model_args', 'model_kwargs'], 64)
+    """
+    describe = getattr(guide, "describe", None)
+    return {
+        "model_args": [_data_hash(a) for a in args],
+        "model_kwargs": {k: _data_hash(v) for k, v in sorted(kwargs.items())},
+        "guide": describe() if callable(describe) else type(guide).__name__,
+        "loss": type(loss).__name__,
+    }
+
+
+def guide_state_path(checkpoint: str | os.PathLike) -> str:
+    """Where :func:`fit` keeps the guide's buffers next to the training ``checkpoint``.
+
+    Example:
+        >>> guide_state_path("run.pt")
+        'run.pt.guide'
+    """
+    return f"{os.fspath(checkpoint)}.guide"
+
+
+def _sync_guide_buffers(guide: Any, checkpoint: Any, resume: Any) -> None:
+    """Make a resumed fit continue with the guide's saved buffers (a :class:`FlowGuide`'s fixed
+    Laplace preconditioner, MADE masks, ...), not with ones set up again in this process (the
+    Laplace search starts from random draws); a fresh run saves them next to the checkpoint."""
+    if checkpoint is None or not isinstance(guide, torch.nn.Module):
+        return
+    buffers = dict(guide.named_buffers())
+    path = guide_state_path(checkpoint)
+    if not (resume and os.path.exists(os.fspath(checkpoint)) and os.path.exists(path)):
+        payload: dict[str, Any] = {"buffers": {n: b.detach().cpu() for n, b in buffers.items()}}
+        payload[INTEGRITY_KEY] = integrity_record(payload)
+        atomic_save(payload, path)
+        return
+    saved = _read_guide_state(path)
+    if sorted(saved) != sorted(buffers) or any(
+        saved[n].shape != b.shape for n, b in buffers.items()
+    ):
+        raise ValueError(
+            f"checkpoint: expected the guide state saved with {os.fspath(checkpoint)!r} to match "
+            f"this guide's buffers, got {sorted(saved)} for {sorted(buffers)}; "
+            "pass resume=False to start afresh"
+        )
+    with torch.no_grad():
+        for name, b in buffers.items():
+            b.copy_(saved[name])
+
+
+def _read_guide_state(path: str) -> dict[str, torch.Tensor]:
+    """The guide buffers saved at ``path``, refused (``ValueError`` naming the file) when the
+    file is unreadable, damaged or edited (its integrity record), or holds non-finite values."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(
+            f"checkpoint: expected the guide state saved by pyro_nf.fit at {path!r}, got a file "
+            f"that cannot be read as one ({e})"
+        ) from e
+    if not isinstance(payload, dict) or not isinstance(payload.get("buffers"), dict):
+        raise ValueError(f"checkpoint: {path} is not a guide state saved by pyro_nf.fit")
+    if not check_integrity(payload, path, "checkpoint", strip="buffers."):
+        raise ValueError(f"checkpoint: {path} has no integrity record; pass resume=False")
+    check_finite_tensors(payload["buffers"], path, "checkpoint")
+    return payload["buffers"]
 
 
 def _warn_not_converged(steps: int) -> None:

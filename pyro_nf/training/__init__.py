@@ -1,10 +1,13 @@
 """The one training loop (:func:`train`) that every fitter hands its loss closure to.
 
 Its parts live in one module each: :mod:`.loop` (:func:`train`), :mod:`.history`,
-:mod:`.stopping`, :mod:`.optim`, :mod:`.guard`, :mod:`.checkpoint`, :mod:`.progress` and
-:mod:`.distributed` (data-parallel training with ``torch.distributed``).
+:mod:`.stopping`, :mod:`.optim`, :mod:`.guard`, :mod:`.checkpoint`, :mod:`.integrity`
+(integrity records and run fingerprints of saved files), :mod:`.runinfo` (argument checks,
+the run's fingerprint, Ctrl-C), :mod:`.progress` and :mod:`.distributed` (data-parallel
+training with ``torch.distributed``).
 """
 
+from .checkpoint import CheckpointWriteError
 from .distributed import (
     DistributedContext,
     free_port,
@@ -25,6 +28,7 @@ from .loop import (
 )
 
 __all__ = [
+    "CheckpointWriteError",
     "DistributedContext",
     "EarlyStopping",
     "History",

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import math
 import os
 import random
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -16,12 +18,22 @@ import numpy as np
 import torch
 
 from .history import History
+from .integrity import (
+    INTEGRITY_KEY,
+    check_finite_tensors,
+    check_integrity,
+    describe_difference,
+    first_difference,
+    integrity_record,
+)
 from .stopping import Plateau
 
 __all__ = [
     "FORMAT",
+    "CheckpointWriteError",
     "RunState",
     "atomic_save",
+    "check_fingerprint",
     "clone_into",
     "load_checkpoint",
     "rng_state",
@@ -81,23 +93,51 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def atomic_save(obj: Any, path: str) -> None:
-    """``torch.save`` to a temporary file next to ``path``, then ``os.replace`` it.
+class CheckpointWriteError(OSError):
+    """A file could not be written (disk full, no permission ...); the previous file is intact.
 
-    A reader never sees a half-written file: it finds the old one or the new one.
+    The message names the argument and the path; ``errno`` is the underlying error's.
 
     Example:
-        >>> import tempfile, os.path
-        >>> path = os.path.join(tempfile.mkdtemp(), "state.pt")
-        >>> atomic_save({"a": 1}, path); torch.load(path)
-        {'a': 1}
+        >>> issubclass(CheckpointWriteError, OSError)
+        True
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+
+
+def _remove_stale_tmp(directory: str, base: str) -> None:
+    """Remove ``<base>.<pid>.*.tmp`` files left by killed writers (whose process is gone)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if not (name.startswith(base + ".") and name.endswith(".tmp")):
+            continue
+        pid = name[len(base) + 1 :].split(".", 1)[0]
+        if pid.isdigit() and (int(pid) == os.getpid() or _alive(int(pid))):
+            continue
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(directory, name))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _write_bytes(data: memoryview, path: str, directory: str) -> None:
+    """Write ``data`` to a temporary file in ``directory``, fsync it, ``os.replace`` it to
+    ``path`` (and fsync the directory); the temporary file is removed on any failure."""
+    base = os.path.basename(path)
+    fd, tmp = tempfile.mkstemp(prefix=f"{base}.{os.getpid()}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -105,10 +145,49 @@ def atomic_save(obj: Any, path: str) -> None:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike, argname: str = "checkpoint") -> None:
+    """``torch.save`` ``obj`` to ``path`` atomically: serialize, write a temporary file next to
+    ``path``, fsync, then ``os.replace``.
+
+    A reader never sees a half-written file: it finds the old one or the new one. A failed
+    write (disk full, read-only directory) raises :class:`CheckpointWriteError` naming
+    ``argname`` and ``path`` and leaves the previous file intact; temporary files of writers
+    that were killed are removed by the next save.
+
+    Example:
+        >>> import tempfile, os.path
+        >>> path = os.path.join(tempfile.mkdtemp(), "state.pt")
+        >>> atomic_save({"a": 1}, path); torch.load(path)
+        {'a': 1}
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    previous = os.path.exists(path)
+    try:
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        os.makedirs(directory, exist_ok=True)
+        _remove_stale_tmp(directory, os.path.basename(path))
+        _write_bytes(buffer.getbuffer(), path, directory)
+    except OSError as e:
+        kept = "the previous file is intact" if previous else "no file was written"
+        reason = e.strerror or str(e) or type(e).__name__
+        raise CheckpointWriteError(
+            e.errno, f"{argname}: could not write {path}: {reason}; {kept}"
+        ) from e
 
 
 def load_checkpoint(path: str, pairs: list[tuple[str, torch.Tensor]]) -> dict[str, Any]:
-    """Read the checkpoint at ``path``; ``ValueError`` unless it is one of a run over ``pairs``."""
+    """Read the checkpoint at ``path``; ``ValueError`` unless it is an intact checkpoint of a run
+    over ``pairs`` with finite parameters."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -121,6 +200,14 @@ def load_checkpoint(path: str, pairs: list[tuple[str, torch.Tensor]]) -> dict[st
             f"checkpoint: expected a pyro-nf training checkpoint ({FORMAT}) at "
             f"{path!r}, got {type(ckpt).__name__} without that format tag"
         )
+    check_integrity(ckpt, path, "checkpoint")
+    missing = [k for k in _REQUIRED if k not in ckpt]
+    if missing or not isinstance(ckpt["params"], dict):
+        raise ValueError(
+            f"checkpoint: {path} is not a complete training checkpoint: missing or bad fields "
+            f"{missing or ['params']}"
+        )
+    check_finite_tensors(ckpt["params"], path, "checkpoint")
     given = [(n, tuple(p.shape)) for n, p in pairs]
     saved = [(n, tuple(t.shape)) for n, t in ckpt["params"].items()]
     if given != saved:
@@ -132,6 +219,29 @@ def load_checkpoint(path: str, pairs: list[tuple[str, torch.Tensor]]) -> dict[st
             f"given {extra}"
         )
     return ckpt
+
+
+_REQUIRED = ("step", "failures", "best_val", "params", "optimizer", "scheduler", "history",
+             "tracker", "val_tracker", "best_params", "rng")  # fmt: skip
+
+
+def check_fingerprint(
+    ckpt: dict[str, Any], path: str, fingerprint: dict[str, Any], resume: bool | str
+) -> bool:
+    """Compare the run's ``fingerprint`` with the checkpoint's: ``ValueError`` if they differ
+    (unless ``resume == "force"``: warn); return whether they agree. A checkpoint without a
+    fingerprint (written before fingerprints existed) agrees with every run."""
+    saved = ckpt.get("fingerprint")
+    diff = None if saved is None else first_difference(saved, fingerprint)
+    if diff is None:
+        return True
+    text = f"checkpoint: {path} belongs to another run: {describe_difference(diff)}"
+    if resume != "force":
+        raise ValueError(
+            f"{text}; pass resume='force' to continue it anyway, or resume=False to start over"
+        )
+    warnings.warn(f"{text}; continuing it anyway (resume='force')", UserWarning, stacklevel=5)
+    return False
 
 
 @dataclass
@@ -161,15 +271,19 @@ class RunState:
         pairs: list[tuple[str, torch.Tensor]],
         opt: torch.optim.Optimizer,
         sched: Any,
+        buffers: dict[str, torch.Tensor] | None = None,
+        fingerprint: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """The checkpoint of the run about to take step ``next_step`` (for :func:`atomic_save`)."""
-        return {
+        """The checkpoint of the run about to take step ``next_step`` (for :func:`atomic_save`),
+        with the module's ``buffers``, the run's ``fingerprint`` and an integrity record."""
+        ckpt = {
             "format": FORMAT,
             "step": next_step,
             "failures": self.failures,
             "good_streak": self.good_streak,
             "best_val": self.best_val,
             "params": {n: p.detach() for n, p in pairs},
+            "buffers": {n: b.detach() for n, b in (buffers or {}).items()},
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict() if sched is not None else None,
             "history": asdict(self.history),
@@ -177,7 +291,10 @@ class RunState:
             "val_tracker": asdict(self.val_tracker),
             "best_params": self.best_params,
             "rng": rng_state(),
+            "fingerprint": fingerprint,
         }
+        ckpt[INTEGRITY_KEY] = integrity_record(ckpt)
+        return ckpt
 
     def resume(
         self,
@@ -185,16 +302,19 @@ class RunState:
         pairs: list[tuple[str, torch.Tensor]],
         opt: torch.optim.Optimizer,
         sched: Any,
+        buffers: dict[str, torch.Tensor] | None = None,
+        fingerprint: dict[str, Any] | None = None,
+        mode: bool | str = True,
     ) -> None:
-        """Load the checkpoint at ``path`` into this state, the parameters, optimizer, schedule
-        and the global random generators."""
+        """Load the checkpoint at ``path`` into this state, the parameters, buffers, optimizer,
+        schedule and the global random generators (``mode``: ``train``'s ``resume``)."""
         ckpt = load_checkpoint(path, pairs)
+        same_run = check_fingerprint(ckpt, path, fingerprint or {}, mode)
         with torch.no_grad():
             for name, p in pairs:
                 p.copy_(ckpt["params"][name])
-        opt.load_state_dict(ckpt["optimizer"])
-        if sched is not None and ckpt["scheduler"] is not None:
-            sched.load_state_dict(ckpt["scheduler"])
+            _load_buffers(ckpt.get("buffers") or {}, buffers or {}, path)
+        _load_optimizer(ckpt, opt, sched, path, strict=same_run)
         self.tracker.load(ckpt["tracker"])
         self.val_tracker.load(ckpt["val_tracker"])
         self.history, self.step, self.failures = (
@@ -209,3 +329,45 @@ class RunState:
                 b.to(p.device, p.dtype) for b, (_, p) in zip(self.best_params, pairs, strict=True)
             ]
         set_rng_state(ckpt["rng"])
+
+
+def _load_buffers(saved: dict[str, Any], buffers: dict[str, torch.Tensor], path: str) -> None:
+    """Copy the saved buffers into the module's (same names and shapes), else ``ValueError``."""
+    for name, buf in buffers.items():
+        if name not in saved:
+            continue  # a checkpoint written before buffers were saved
+        if tuple(saved[name].shape) != tuple(buf.shape):
+            raise ValueError(
+                f"checkpoint: expected buffer {name!r} of shape {tuple(buf.shape)} in {path}, "
+                f"got shape {tuple(saved[name].shape)}"
+            )
+        buf.copy_(saved[name])
+
+
+def _load_optimizer(
+    ckpt: dict[str, Any], opt: torch.optim.Optimizer, sched: Any, path: str, strict: bool
+) -> None:
+    """Load the optimizer and schedule state; with ``strict=False`` (a forced resume of another
+    run) a state that does not fit starts fresh, with a warning."""
+    try:
+        saved_keys = [sorted(g) for g in ckpt["optimizer"]["param_groups"]]
+        if saved_keys != [sorted(g) for g in opt.param_groups]:
+            raise KeyError(
+                f"its settings {saved_keys[0] if saved_keys else []} are not this optimizer's "
+                f"({type(opt).__name__})"
+            )
+        opt.load_state_dict(ckpt["optimizer"])
+        if sched is not None and ckpt["scheduler"] is not None:
+            sched.load_state_dict(ckpt["scheduler"])
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+        if strict:
+            raise ValueError(
+                f"checkpoint: the optimizer state in {path} does not fit this run's optimizer "
+                f"({type(e).__name__}: {e}); pass resume=False to start over"
+            ) from e
+        warnings.warn(
+            f"checkpoint: the optimizer state in {path} does not fit this run's optimizer "
+            f"({type(e).__name__}: {e}); the optimizer starts fresh",
+            UserWarning,
+            stacklevel=5,
+        )

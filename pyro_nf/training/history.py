@@ -17,7 +17,7 @@ class History:
     (total gradient norm before clipping), ``num_clipped`` (steps whose gradient was clipped),
     ``val_losses`` (``(step, value)`` pairs),
     ``converged`` (early stopping triggered), ``stop_reason`` (``"converged"``,
-    ``"max_steps"``, ``"callback"`` or ``"diverged"``), ``best_step`` (lowest validation loss,
+    ``"max_steps"``, ``"callback"``, ``"diverged"`` or ``"interrupted"``), ``best_step`` (lowest validation loss,
     else lowest smoothed loss), ``num_nan_restores``, ``lr_decay_steps`` (steps at which early
     stopping decayed the learning rate at a plateau), ``elapsed`` (seconds, over resumes),
     ``pilot_losses`` (with ``fit_reverse_kl(restarts=...)``: every pilot's final mean loss),

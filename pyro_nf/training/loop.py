@@ -11,6 +11,31 @@ schedule, clipping), :mod:`.stopping` (early stopping), :mod:`.guard` (the NaN g
 :mod:`.checkpoint` (run state and checkpoints), :mod:`.progress` (the bar) and
 :mod:`pyro_nf.training.distributed` (data parallelism).
 
+**Checkpoints.** With ``checkpoint=path`` the full state (parameters, the buffers of an
+``nn.Module`` ``params``, optimizer, schedule, random generators, history, the run's fingerprint
+and an integrity record: the SHA-256 of every tensor and of the rest) is written atomically. A
+failed write raises :class:`~pyro_nf.training.checkpoint.CheckpointWriteError` (an ``OSError``
+naming the path) and leaves the previous file intact. ``resume=True`` continues bit-identically,
+with the checkpointed lr (a converged run returns at once). It refuses, with ``ValueError``, a
+file that is damaged or edited (integrity), holds non-finite parameters, or belongs to another
+run: parameter names/shapes differ, or the fingerprints differ (``"checkpoint: <path> belongs to
+another run: <field> differs (saved ..., now ...)"``). The loop adds to the caller's
+``fingerprint``, under ``"train"``, the names, shapes and dtypes of the trained tensors and
+buffers, the optimizer's class and hyperparameters, ``lr``, ``lr_schedule`` and ``clip_norm``
+(not ``steps``: a run may be continued for longer). ``resume="force"`` continues another run's
+checkpoint with a warning (an optimizer state that does not fit starts fresh).
+
+**Interrupting.** The first Ctrl-C stops the run at the end of the current step (a second one at
+once). Like a normal end, the run then closes its history (``stop_reason="interrupted"``),
+writes the final checkpoint, puts the best parameters back and prints one line saying so; then
+``KeyboardInterrupt`` is raised with the history as ``err.history``.
+
+**NaN guard.** With ``nan_policy="restore"``, a non-finite loss or gradient norm puts back the
+state of the last finite step, halves the lr and warns :class:`NaNRestoreWarning` (the step still
+counts), until ``max_nan_restores`` restores came without ``NAN_RECOVERY_STEPS`` (100) good steps
+in a row between them; ``"raise"`` (no per-step copies) raises :class:`TrainingDivergedError` at
+the first failure.
+
 Example:
     >>> x = torch.linspace(-1, 1, 50, dtype=torch.float64)
     >>> lin = torch.nn.Linear(1, 1).double()
@@ -25,8 +50,9 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -50,6 +76,7 @@ from .optim import (
     scale_lr,
 )
 from .progress import ProgressBar
+from .runinfo import check_checkpoint_args, defer_sigint, run_fingerprint
 from .stopping import EarlyStopping, Plateau, make_trackers
 
 __all__ = [
@@ -119,11 +146,16 @@ class _Run:
         self.sched = make_scheduler(kw["lr_schedule"], self.opt, self.steps)
         self.state = RunState(History(), *make_trackers(self.es, self.validate_fn is not None))
         self.parallel = DataParallel() if use_data_parallel(kw["distributed"]) else None
-        ckpt = kw["checkpoint"]
-        path = os.fspath(ckpt) if ckpt is not None else None
-        self.path = self.parallel.rank_path(path) if self.parallel else path
+        self.buffers = dict(params.named_buffers()) if isinstance(params, nn.Module) else {}
+        schedule = {"lr": kw["lr"], "lr_schedule": kw["lr_schedule"], "clip_norm": self.clip_norm}
+        self.fingerprint = run_fingerprint(
+            kw["fingerprint"], self.pairs, self.buffers, self.opt, schedule
+        )
+        path = kw["checkpoint"]
+        self.path = self.parallel.rank_path(path) if self.parallel and path else path
         if self.path is not None and kw["resume"] and os.path.exists(self.path):
-            self.state.resume(self.path, self.pairs, self.opt, self.sched)
+            self.state.resume(self.path, self.pairs, self.opt, self.sched, self.buffers,
+                              self.fingerprint, kw["resume"])  # fmt: skip
 
     @property
     def is_main(self) -> bool:
@@ -150,9 +182,10 @@ class _Run:
         """Record the elapsed time and checkpoint the run (if it has a path); return the path."""
         self.state.history.elapsed = self.elapsed0 + time.perf_counter() - self.t0
         if self.path is not None:
-            atomic_save(
-                self.state.to_checkpoint(next_step, self.pairs, self.opt, self.sched), self.path
+            ckpt = self.state.to_checkpoint(
+                next_step, self.pairs, self.opt, self.sched, self.buffers, self.fingerprint
             )
+            atomic_save(ckpt, self.path)
         return self.path
 
     def gradient(self, step: int) -> tuple[float, float]:
@@ -240,6 +273,25 @@ class _Run:
         self.restore_best_params()
         return history
 
+    def interrupted(self, err: KeyboardInterrupt | None) -> KeyboardInterrupt:
+        """End an interrupted run as a normal end does (history closed with ``stop_reason
+        "interrupted"``, final checkpoint, best parameters back), say so in one line, and
+        return the ``KeyboardInterrupt`` to raise (``.history`` holds the run)."""
+        history = self.state.history
+        done = len(history.smoothed)  # steps completed (an interrupt may cut one short)
+        for name in ("losses", "lrs", "grad_norms"):
+            del getattr(history, name)[done:]
+        history.val_losses[:] = [(s, v) for s, v in history.val_losses if s < done]
+        history.stop_reason = "interrupted"
+        self.finish()
+        where = f"; checkpoint saved to {self.path!r}" if self.path is not None else ""
+        msg = f"train: interrupted after {done} of {self.steps} steps{where}"
+        if self.is_main:
+            print(msg, file=sys.stderr)
+        out = err if err is not None else KeyboardInterrupt(msg)
+        out.history = history  # type: ignore[attr-defined]
+        return out
+
     def restore_best_params(self) -> None:
         """With a validation loss and ``restore_best``: put the best parameters back."""
         if (
@@ -267,7 +319,8 @@ def train(
     restore_best: bool = True,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 500,
-    resume: bool = True,
+    resume: bool | str = True,
+    fingerprint: Mapping[str, Any] | None = None,
     nan_policy: str = "restore",
     max_nan_restores: int = 5,
     progress: bool = True,
@@ -297,15 +350,16 @@ def train(
             parameters of its lowest value are put back at the end (the checkpoint keeps the
             final state, so that a resumed run continues consistently, and the best beside it).
         checkpoint: file path; the full state is saved atomically every ``checkpoint_every``
-            steps and at the end. With ``resume`` an existing checkpoint is loaded (``ValueError``
-            if parameter names/shapes differ) and the run continues bit-identically, with the
-            checkpointed lr; a converged one returns at once. Resume assumes the same settings.
+            steps and at the end (see *Checkpoints* in the module docstring).
+        resume: ``True``: continue an existing checkpoint bit-identically (refused if it is
+            damaged, non-finite or of another run); ``"force"``: continue another run's anyway,
+            with a warning; ``False``: start over.
+        fingerprint: plain data identifying the run (a hash of the data, the model's spec and
+            settings), recorded in the checkpoint and compared on resume.
         nan_policy, max_nan_restores: on a non-finite loss or gradient norm, ``"restore"``
-            puts back the state of the last finite step, halves the lr and warns
-            :class:`NaNRestoreWarning` (the step still counts) until ``max_nan_restores``
-            restores came without ``NAN_RECOVERY_STEPS`` (100) good steps in a row between
-            them; ``"raise"`` (no per-step copies) raises :class:`TrainingDivergedError` at the
-            first failure. :class:`~pyro_nf.training.guard.NaNGuard` states the rule.
+            puts back the last finite step's state and halves the lr, up to ``max_nan_restores``
+            times; ``"raise"`` raises :class:`TrainingDivergedError` at once
+            (:class:`~pyro_nf.training.guard.NaNGuard` states the rule).
         progress, desc: tqdm bar labelled ``desc`` showing the smoothed loss (off when stderr
             is not a TTY).
         callback: ``(step, history) -> bool``, called after every step; ``True`` stops.
@@ -316,6 +370,10 @@ def train(
     Returns:
         The :class:`History` of the whole run (including the steps before a resume).
 
+    Raises:
+        KeyboardInterrupt: on Ctrl-C, after the run has closed like a normal end (see
+            *Interrupting* in the module docstring), with the history as ``err.history``.
+
     Example:
         >>> w = torch.zeros((), requires_grad=True)
         >>> history = train(lambda step: (w - 3.0) ** 2, [w], steps=500, lr=0.1, progress=False)
@@ -324,23 +382,44 @@ def train(
     """
     counts = {"validate_every": validate_every, "checkpoint_every": checkpoint_every}
     settings = _check_settings(steps, lr, clip_norm, nan_policy, counts, max_nan_restores)
+    path = check_checkpoint_args(checkpoint, resume, fingerprint)
     run = _Run(loss_fn, params, **settings, optimizer=optimizer, lr=lr, lr_schedule=lr_schedule,
                clip_norm=clip_norm, early_stopping=early_stopping, validate_fn=validate_fn,
-               restore_best=restore_best, checkpoint=checkpoint, resume=resume,
-               nan_policy=nan_policy, distributed=distributed)  # fmt: skip
-    history, start = run.state.history, run.state.step
+               restore_best=restore_best, checkpoint=path, resume=resume,
+               fingerprint=fingerprint, nan_policy=nan_policy,
+               distributed=distributed)  # fmt: skip
+    history = run.state.history
     if history.stop_reason == "converged":  # resumed a finished run
         run.restore_best_params()
         return history
     run.begin()
-    with ProgressBar(run.steps, start, desc, progress and run.is_main) as bar:
+    try:
+        _loop(run, progress, desc, callback)
+    except KeyboardInterrupt as err:
+        raise run.interrupted(err) from None
+    if history.stop_reason == "interrupted":
+        raise run.interrupted(None)
+    return run.finish()
+
+
+def _loop(
+    run: _Run, progress: bool, desc: str, callback: Callable[[int, History], Any] | None
+) -> None:
+    """The steps of :func:`train` from where the run (re)starts, until it stops; a first
+    Ctrl-C stops it at the end of the step (``stop_reason="interrupted"``)."""
+    history, start = run.state.history, run.state.step
+    with (
+        ProgressBar(run.steps, start, desc, progress and run.is_main) as bar,
+        defer_sigint(enabled=run.parallel is None) as sigint,
+    ):
         for step in range(start, run.steps):
             value, ok = run.take_step(step)
             run.monitor(step, value if ok else math.nan)
             bar.advance(history.smoothed[-1])
             if callback is not None and callback(step, history):
                 history.stop_reason = "callback"
+            if sigint.requested and not history.stop_reason:
+                history.stop_reason = "interrupted"
             if history.stop_reason or step + 1 == run.steps:
                 break
             run.maybe_checkpoint(step + 1)
-    return run.finish()

@@ -2,13 +2,14 @@
 
 from .affine import DiagonalAffineTransform, LowerTriangularAffineTransform, inverse_softplus
 from .autoregressive import AutoregressiveTransform
-from .base import ChainTransform, FlowTransform, InverseFlowTransform
+from .base import FLOAT32_SAFE_MAGNITUDE, ChainTransform, FlowTransform, InverseFlowTransform
 from .coupling import CouplingTransform
 from .permute import Permute, Reverse
 from .planar import PlanarInverseError, PlanarTransform, planar_constraint
 from .radial import RadialTransform
 
 __all__ = [
+    "FLOAT32_SAFE_MAGNITUDE",
     "AutoregressiveTransform",
     "ChainTransform",
     "CouplingTransform",

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from ..utils.validation import check_positive_int
-from .base import FlowTransform, sum_to
+from .base import FlowTransform, sum_to, warn_if_float32_unsafe
 
 __all__ = ["PlanarTransform", "planar_constraint", "PlanarInverseError"]
 
@@ -137,12 +137,15 @@ class PlanarTransform(FlowTransform):
 
     def inverse_and_log_det(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         w, b, u_hat, m = self.w, self.b, self.u_hat, self.m
+        warn_if_float32_unsafe("planar", u_hat, w, b)
         ladj = y.new_zeros(())
         for k in reversed(range(self.depth)):
             c = _dot(y, w[..., k, :]) + b[..., k]
             m_k = m[..., k].expand_as(c)
-            s = _implicit_root(c, m_k, self.rtol, self.max_iter)
-            t = torch.tanh(s)
+            # wᵀy overflowing to ±inf (|y| near the dtype's max): tanh(s) = ±1 exactly there
+            far = torch.isinf(c)
+            s = _implicit_root(torch.where(far, 0.0, c), m_k, self.rtol, self.max_iter)
+            t = torch.where(far, torch.sign(c), torch.tanh(s))
             y = y - t.unsqueeze(-1) * u_hat[..., k, :]
             ladj = ladj - _log_det(t, self.one_plus_m[..., k])
         return y, ladj.expand(y.shape[:-1]) if ladj.dim() == 0 else ladj

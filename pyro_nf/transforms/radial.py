@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import FlowTransform, sum_to
+from .base import FlowTransform, sum_to, warn_if_float32_unsafe
 
 __all__ = ["RadialTransform"]
 
@@ -78,6 +78,7 @@ class RadialTransform(FlowTransform):
         return _RadialChain.apply(x, self.z0, self.alpha, self.alpha_plus_beta)
 
     def inverse_and_log_det(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        warn_if_float32_unsafe("radial", self.z0, self.alpha, self.alpha_plus_beta)
         tiny = torch.finfo(y.dtype).tiny
         ladj = None
         for k in reversed(range(self.depth)):
@@ -92,8 +93,12 @@ class RadialTransform(FlowTransform):
             )
             r_neg = 0.5 * (torch.sqrt((b_neg * b_neg + 4 * a * big_r).clamp_min(tiny)) - b_neg)
             r = torch.where(b_coef >= 0, r_pos, r_neg)
-            y = self.z0[..., k, :] + ((a + r) / (apb + r)).unsqueeze(-1) * diff
-            step = -self._log_det(r, k)
+            # |y - z0| overflowing (|y| ≳ 1e19 in float32, 1e154 in float64): the map is the
+            # identity out there (ratio 1, log-det 0), so log q ends at -inf, not at NaN
+            far = torch.isinf(big_r)
+            ratio = torch.where(far, 1.0, (a + r) / (apb + r))
+            y = self.z0[..., k, :] + ratio.unsqueeze(-1) * diff
+            step = torch.where(far, 0.0, -self._log_det(r, k))
             ladj = step if ladj is None else ladj + step
         return y, ladj
 

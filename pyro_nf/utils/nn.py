@@ -17,7 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MLP", "MaskedLinear", "MADE", "default_hidden"]
+from .validation import (
+    check_parameter_count,
+    check_positive_int,
+    check_widths,
+    mlp_parameter_count,
+)
+
+__all__ = ["MLP", "MaskedLinear", "MADE", "default_hidden", "made_parameter_count"]
 
 
 def default_hidden(dim: int, context_dim: int | None = None) -> tuple[int, int]:
@@ -47,6 +54,18 @@ def _redraw_linears(layers: nn.Module, zero_last: bool) -> None:
         _zero_linear(linears[-1])
 
 
+def made_parameter_count(
+    dim: int, hidden: Sequence[int], num_params: int = 2, context_dim: int | None = None
+) -> int:
+    """The weights and biases of :class:`MADE` (masked entries included: they are stored).
+
+    Example:
+        >>> made_parameter_count(3, (16,), 2), sum(p.numel() for p in MADE(3, (16,)).parameters())
+        (166, 166)
+    """
+    return mlp_parameter_count([dim + (context_dim or 0), *hidden, num_params * dim])
+
+
 class MLP(nn.Sequential):
     """A multi-layer perceptron ``in → hidden... → out`` with a nonlinearity between layers.
 
@@ -71,8 +90,12 @@ class MLP(nn.Sequential):
         activation: type[nn.Module] = nn.ELU,
         zero_last: bool = False,
     ) -> None:
-        layers: list[nn.Module] = []
+        in_features = check_positive_int("in_features", in_features)
+        out_features = check_positive_int("out_features", out_features)
+        hidden = check_widths("hidden", hidden)
         sizes = [in_features, *hidden, out_features]
+        check_parameter_count("hidden", mlp_parameter_count(sizes), "the network")
+        layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
             layers.append(nn.Linear(a, b))
             if i < len(sizes) - 2:
@@ -143,10 +166,16 @@ class MADE(nn.Module):
         activation: type[nn.Module] = nn.ReLU,
     ) -> None:
         super().__init__()
-        if len(hidden) < 1:
+        if isinstance(hidden, (list, tuple)) and len(hidden) < 1:
             raise ValueError(
                 f"hidden: expected at least one hidden layer width, got {tuple(hidden)}"
             )
+        hidden = check_widths("hidden", hidden, allow_empty=False)
+        check_positive_int("dim", dim)
+        check_positive_int("num_params", num_params)
+        if context_dim is not None:
+            check_positive_int("context_dim", context_dim)
+        check_parameter_count("hidden", made_parameter_count(dim, hidden, num_params, context_dim))
         self.dim, self.num_params, self.context_dim = dim, num_params, context_dim
         ctx = context_dim or 0
         in_deg = torch.cat([torch.zeros(ctx, dtype=torch.long), torch.arange(1, dim + 1)])

@@ -82,6 +82,9 @@ class Likelihood(nn.Module):
 
     data_dim: int
     num_params: int
+    #: the closed range data must lie in, and how to say so in an error message
+    value_range: tuple[float, float] = (-math.inf, math.inf)
+    value_text: str = "this likelihood"
 
     def log_prob(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """:math:`\\log p(x \\mid z)` summed over the last dim; broadcasts ``x`` against ``params``."""
@@ -107,6 +110,9 @@ class BernoulliLikelihood(Likelihood):
         >>> round(float(lik.log_prob(x, torch.zeros(3))), 4) == round(3 * math.log(0.5), 4)
         True
     """
+
+    value_range = (0.0, 1.0)
+    value_text = "the Bernoulli likelihood"
 
     def __init__(self, data_dim: int) -> None:
         super().__init__()
@@ -216,6 +222,9 @@ class DiscretizedLogisticLikelihood(Likelihood):
         torch.Size([2])
     """
 
+    value_range = (0.0, 1.0)
+    value_text = "the discretized logistic likelihood (grey levels k/(B-1))"
+
     def __init__(self, data_dim: int, num_bins: int = 256, init_scale: float = 0.1) -> None:
         super().__init__()
         self.data_dim = self.num_params = check_positive_int("data_dim", data_dim)
@@ -255,6 +264,8 @@ class GaussianLikelihood(Likelihood):
         >>> round(float(lik.log_prob(torch.zeros(2), torch.zeros(2))), 4)
         -1.8379
     """
+
+    value_text = "the Gaussian likelihood"
 
     def __init__(self, data_dim: int, scale: float | None = None, init_scale: float = 1.0) -> None:
         super().__init__()

@@ -51,10 +51,10 @@ from torch import nn
 
 from ..flows.distribution import FlowDistribution
 from ..flows.flow import Flow
-from ..utils.validation import check_event, check_positive_int
+from ..utils.validation import check_event, check_positive_int, check_widths
 from .likelihoods import Likelihood, make_likelihood
 from .networks import ConvEncoder, MLPDecoder, MLPEncoder
-from .posteriors import make_posterior, rsample_and_log_prob
+from .posteriors import FLOWS, make_posterior, rsample_and_log_prob
 
 __all__ = ["VAE", "flow_vae", "standard_normal_log_prob"]
 
@@ -325,17 +325,42 @@ def flow_vae(
         >>> q.batch_shape, q.event_shape
         (torch.Size([3]), torch.Size([40]))
     """
-    check_positive_int("data_dim", data_dim)
-    check_positive_int("z_dim", z_dim)
-    hidden = tuple(hidden)
-    if not hidden:
-        raise ValueError("hidden: expected at least one encoder width, got ()")
+    hidden, decoder_hidden, flow_hidden = _check_sizes(
+        data_dim, flow, depth, z_dim, hidden, decoder_hidden, flow_hidden
+    )
     enc = _make_encoder(encoder, data_dim, hidden, image_shape, activation)
     lik = make_likelihood(likelihood, data_dim)
     dec_hidden = tuple(decoder_hidden) if decoder_hidden is not None else hidden[::-1]
     dec = MLPDecoder(z_dim, lik.num_params, dec_hidden, activation)
     post = make_posterior(flow, z_dim, hidden[-1], depth, flow_hidden)
     return VAE(enc, post, dec, lik, z_dim)
+
+
+def _check_sizes(
+    data_dim: int,
+    flow: str,
+    depth: int | None,
+    z_dim: int,
+    hidden: Sequence[int],
+    decoder_hidden: Sequence[int] | None,
+    flow_hidden: Sequence[int] | None,
+) -> tuple[tuple[int, ...], tuple[int, ...] | None, tuple[int, ...] | None]:
+    """Check :func:`flow_vae`'s arguments under the names the user typed; widths as tuples."""
+    check_positive_int("data_dim", data_dim)
+    check_positive_int("z_dim", z_dim)
+    # make_posterior names it `kind`; here the user typed `flow`
+    if not isinstance(flow, str) or flow not in FLOWS:
+        raise ValueError(f"flow: expected one of {list(FLOWS)}, got {flow!r}")
+    if depth is not None:
+        check_positive_int("depth", depth)
+    if isinstance(hidden, (list, tuple)) and not hidden:
+        raise ValueError("hidden: expected at least one encoder width, got ()")
+    hidden = check_widths("hidden", hidden, allow_empty=False)
+    if decoder_hidden is not None:
+        decoder_hidden = check_widths("decoder_hidden", decoder_hidden)
+    if flow_hidden is not None:
+        flow_hidden = check_widths("flow_hidden", flow_hidden)
+    return hidden, decoder_hidden, flow_hidden
 
 
 def _make_encoder(

@@ -41,6 +41,7 @@ from torch import nn
 
 from ..training.distributed import rank_and_world_size, use_data_parallel
 from ..training.loop import EarlyStopping, History, train
+from ..utils.hashing import tensor_sha256
 from ..utils.validation import check_positive_int
 from .model import VAE
 
@@ -139,14 +140,46 @@ def _check_float(name: str, value: Any, minimum: float = 0.0) -> float:
     return float(value)
 
 
-def _check_data(name: str, data: Any, dim: int) -> torch.Tensor:
-    """``data`` if it is a non-empty ``(N, dim)`` tensor, else ``ValueError``."""
+def _check_data(name: str, data: Any, vae: VAE) -> torch.Tensor:
+    """``data`` if it is a non-empty ``(N, data_dim)`` real tensor with values the likelihood
+    accepts (finite, and in its range), else a ``ValueError`` naming the bad rows."""
+    dim = vae.data_dim
     if not isinstance(data, torch.Tensor) or data.dim() != 2 or data.shape[1] != dim:
         got = tuple(data.shape) if isinstance(data, torch.Tensor) else type(data).__name__
         raise ValueError(f"{name}: expected a tensor of shape (N, {dim}), got {got}")
     if data.shape[0] == 0:
         raise ValueError(f"{name}: expected at least one data point, got shape {tuple(data.shape)}")
+    if data.device.type == "meta":
+        raise ValueError(f"{name}: expected a tensor with data, got a tensor on the 'meta' device")
+    if data.is_complex():
+        raise ValueError(f"{name}: expected a real (float, int or bool) tensor, got {data.dtype}")
+    lik = vae.likelihood
+    if data.is_floating_point():
+        _refuse_rows(name, data, ~torch.isfinite(data), "expected finite values", "NaN or inf")
+    lo, hi = getattr(lik, "value_range", (-math.inf, math.inf))
+    if lo > -math.inf or hi < math.inf:
+        outside = (data < lo) | (data > hi)
+        text = getattr(lik, "value_text", "the likelihood")
+        _refuse_rows(name, data, outside, f"{text} needs values in [{lo:g}, {hi:g}]", "outside")
     return data
+
+
+def _refuse_rows(name: str, data: torch.Tensor, bad: torch.Tensor, need: str, what: str) -> None:
+    """Raise ``"<name>: <need>; rows 3, 17, ... (5 of 1000) have values <what>, e.g. ..."`` if
+    ``bad`` (a mask like ``data``) has any entry."""
+    rows = bad.any(dim=1).nonzero().flatten()
+    if len(rows) == 0:
+        return
+    shown = ", ".join(str(int(r)) for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+    row = int(rows[0])
+    col = int(bad[row].nonzero()[0])
+    value = data[row, col].item()
+    word = "row" if len(rows) == 1 else "rows"
+    verb = "has" if len(rows) == 1 else "have"
+    raise ValueError(
+        f"{name}: {need}; {word} {shown} ({len(rows)} of {len(data)}) {verb} values {what}, "
+        f"e.g. {value!r} at row {row}, column {col}"
+    )
 
 
 def _model_dtype_device(vae: nn.Module) -> tuple[torch.dtype, torch.device]:
@@ -355,9 +388,9 @@ def train_vae(
     config = VAETrainConfig() if config is None else config
     if not isinstance(vae, VAE):
         raise ValueError(f"vae: expected a pyro_nf.vae.VAE, got {type(vae).__name__}")
-    train_data = _check_data("train_data", train_data, vae.data_dim)
+    train_data = _check_data("train_data", train_data, vae)
     if valid_data is not None:
-        valid_data = _check_data("valid_data", valid_data, vae.data_dim)
+        valid_data = _check_data("valid_data", valid_data, vae)
     rank, world_size = rank_and_world_size() if use_data_parallel(config.distributed) else (0, 1)
     batches = EpochBatches(
         len(train_data), config.batch_size, config.seed, rank, world_size, config.drop_last
@@ -369,7 +402,37 @@ def train_vae(
         validate_fn = _validation(vae, valid_data.to(device), config, rank, world_size)
     spe = batches.steps_per_epoch
     steps = max(1, round(config.epochs * spe))
-    return train(loss_fn, vae, steps, validate_fn=validate_fn, **config.train_options(spe))
+    options = config.train_options(spe)
+    if config.checkpoint is not None:  # a resumed run must see the same data and architecture
+        options["fingerprint"] = run_fingerprint(vae, train_data, valid_data)
+    return train(loss_fn, vae, steps, validate_fn=validate_fn, **options)
+
+
+def run_fingerprint(
+    vae: VAE, train_data: torch.Tensor, valid_data: torch.Tensor | None = None
+) -> dict[str, Any]:
+    """What a checkpoint of :func:`train_vae` must match to be resumed (plain data): the
+    SHA-256 of the training and validation data and the VAE's architecture (sizes, module
+    types, parameter shapes).
+
+    Example:
+        >>> from pyro_nf.vae import flow_vae
+        >>> vae = flow_vae(4, flow="diag", z_dim=2, hidden=(8,))
+        >>> fp = run_fingerprint(vae, torch.zeros(3, 4))
+        >>> sorted(fp), fp["architecture"]["z_dim"]
+        (['architecture', 'train_data', 'valid_data'], 2)
+    """
+    modules = ("encoder", "posterior", "decoder", "likelihood")
+    return {
+        "train_data": tensor_sha256(train_data),
+        "valid_data": None if valid_data is None else tensor_sha256(valid_data),
+        "architecture": {
+            "data_dim": vae.data_dim,
+            "z_dim": vae.z_dim,
+            **{m: type(getattr(vae, m)).__name__ for m in modules},
+            "parameters": {k: list(v.shape) for k, v in vae.state_dict().items()},
+        },
+    }
 
 
 def fit_vae(
@@ -518,7 +581,7 @@ def evaluate_vae(
     """
     if not isinstance(vae, VAE):
         raise ValueError(f"vae: expected a pyro_nf.vae.VAE, got {type(vae).__name__}")
-    data = _check_data("data", data, vae.data_dim)
+    data = _check_data("data", data, vae)
     check_positive_int("num_samples", num_samples)
     check_positive_int("batch_size", batch_size)
     t0 = time.perf_counter()

@@ -7,6 +7,7 @@ import csv
 import pytest
 import torch
 
+import pyro_nf
 from pyro_nf.cli import main
 
 
@@ -25,6 +26,45 @@ def test_every_subcommand_has_help(argv, capsys):
         main(argv)
     assert exc.value.code == 0
     assert "usage: pyro-nf" in capsys.readouterr().out
+
+
+DEFAULTS = {
+    "demo": {"--out": "out", "--steps": "1000", "--seed": "0"},
+    "fit-density": {
+        "--flow": "maf",
+        "--depth": "5",
+        "--steps": "5000",
+        "--batch-size": "256",
+        "--val-fraction": "0.1",
+        "--lr": "0.001",
+        "--seed": "0",
+        "--no-standardize": "standardize",
+        "--drop-nonfinite": "such rows are an error",
+    },
+    "sample": {"-n": "1000", "--out": "stdout", "--seed": "0"},
+}
+
+
+@pytest.mark.parametrize("command", sorted(DEFAULTS))
+def test_help_gives_every_option_its_default_and_the_exit_statuses(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    entries = {}
+    for block in text.split("\n  -")[1:]:  # one block per option
+        flag = "-" + block.split()[0].rstrip(",")
+        entries[flag] = " ".join(block.split())
+    for flag, default in DEFAULTS[command].items():
+        assert f"(default: {default})" in entries[flag], entries[flag]
+    assert all(len(entry.split()) > 2 for entry in entries.values()), entries  # a help text
+    assert "130 when interrupted" in " ".join(text.split())
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out == f"pyro-nf {pyro_nf.__version__}\n"
 
 
 def test_bad_arguments_and_paths_give_clear_errors(tmp_path, capsys):

@@ -364,3 +364,66 @@ def test_laplace_from_a_far_start_on_a_badly_scaled_float32_model():
     assert float(corr) < -0.9
     sd = cov.diagonal().sqrt()
     assert float(((modes["far"] - modes["near"]).double() / sd).abs().max()) < 0.05
+
+
+# -- resuming a fit in a differently seeded process (issue 17, kind 5) -------------------------
+_RESUME_SCRIPT = """
+import os, sys, torch, pyro, pyro.distributions as dist, pyro_nf
+seed, mode, path, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+pyro.set_rng_seed(seed)
+x = torch.tensor([0.3, 1.9, 1.1, 2.4, 0.7])
+def model(x):
+    mu = pyro.sample("mu", dist.Normal(0.0, 3.0))
+    tau = pyro.sample("tau", dist.LogNormal(0.0, 1.0))
+    with pyro.plate("data", len(x)):
+        pyro.sample("x", dist.Normal(mu, tau), obs=x)
+guide = pyro_nf.FlowGuide(model)
+def crash(step, history):
+    if mode == "crash" and step == 25:
+        os._exit(3)   # killed between two checkpoints
+kw = {} if mode == "plain" else {"checkpoint": path, "checkpoint_every": 10}
+pyro_nf.fit(model, guide, x, steps=60, early_stopping=None, progress=False,
+            callback=crash, **kw)
+torch.save(guide.state_dict(), out)
+"""
+
+
+def test_resume_in_a_differently_seeded_process_is_bit_identical(tmp_path):
+    import subprocess
+    import sys
+
+    def run(seed, mode, name):
+        out = tmp_path / f"{name}.pt"
+        args = [sys.executable, "-c", _RESUME_SCRIPT, str(seed), mode, str(tmp_path / "ck.pt")]
+        return subprocess.run([*args, str(out)], capture_output=True, text=True, timeout=300), out
+
+    done, plain = run(0, "plain", "plain")
+    assert done.returncode == 0, done.stderr[-2000:]
+    crashed, _ = run(0, "crash", "crashed")
+    assert crashed.returncode == 3, crashed.stderr[-2000:]
+    assert (tmp_path / "ck.pt").exists() and (tmp_path / "ck.pt.guide").exists()
+    resumed, out = run(12345, "resume", "resumed")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = torch.load(plain), torch.load(out)
+    assert sorted(a) == sorted(b)
+    assert any("loc" in k for k in a)  # the fixed preconditioner is part of the state
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resuming_a_fit_with_other_data_is_refused(tmp_path):
+    def model(x):
+        mu = pyro.sample("mu", dist.Normal(0.0, 3.0))
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(mu, 1.0), obs=x)
+
+    ck = tmp_path / "ck.pt"
+    kw = {"steps": 4, "early_stopping": None, "progress": False, "checkpoint": ck}
+    pyro.clear_param_store()
+    pyro_nf.fit(model, pyro_nf.FlowGuide(model, "planar", 2), torch.zeros(3), **kw)
+    pyro.clear_param_store()
+    with pytest.raises(ValueError, match="another run: model_args differs"):
+        pyro_nf.fit(model, pyro_nf.FlowGuide(model, "planar", 2), torch.ones(3), **kw)
+    pyro.clear_param_store()
+    with pytest.raises(ValueError, match="another run: guide"):  # another flow family
+        pyro_nf.fit(model, pyro_nf.FlowGuide(model, "radial", 2), torch.zeros(3), **kw)
