@@ -35,6 +35,7 @@ from ..training.integrity import (
     check_finite_tensors,
     check_integrity,
     integrity_record,
+    read_payload,
 )
 from ..training.loop import EarlyStopping, History, train
 from ..utils.hashing import data_sha256, tensor_sha256
@@ -362,13 +363,7 @@ def _sync_guide_buffers(guide: Any, checkpoint: Any, resume: Any) -> None:
 def _read_guide_state(path: str) -> dict[str, torch.Tensor]:
     """The guide buffers saved at ``path``, refused (``ValueError`` naming the file) when the
     file is unreadable, damaged or edited (its integrity record), or holds non-finite values."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(
-            f"checkpoint: expected the guide state saved by pyro_nf.fit at {path!r}, got a file "
-            f"that cannot be read as one ({e})"
-        ) from e
+    payload = read_payload(path, "checkpoint", "the guide state saved by pyro_nf.fit")
     if not isinstance(payload, dict) or not isinstance(payload.get("buffers"), dict):
         raise ValueError(f"checkpoint: {path} is not a guide state saved by pyro_nf.fit")
     if not check_integrity(payload, path, "checkpoint", strip="buffers."):

@@ -25,6 +25,7 @@ from .integrity import (
     describe_difference,
     first_difference,
     integrity_record,
+    read_payload,
 )
 from .stopping import Plateau
 
@@ -188,13 +189,7 @@ def atomic_save(obj: Any, path: str | os.PathLike, argname: str = "checkpoint") 
 def load_checkpoint(path: str, pairs: list[tuple[str, torch.Tensor]]) -> dict[str, Any]:
     """Read the checkpoint at ``path``; ``ValueError`` unless it is an intact checkpoint of a run
     over ``pairs`` with finite parameters."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(
-            f"checkpoint: expected a pyro-nf training checkpoint at {path!r}, "
-            f"got a file that cannot be read as one ({e})"
-        ) from e
+    ckpt = read_payload(path, "checkpoint", "a pyro-nf training checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(
             f"checkpoint: expected a pyro-nf training checkpoint ({FORMAT}) at "

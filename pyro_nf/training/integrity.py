@@ -28,6 +28,7 @@ __all__ = [
     "describe_difference",
     "first_difference",
     "integrity_record",
+    "read_payload",
     "split_tensors",
 ]
 
@@ -85,6 +86,25 @@ def integrity_record(payload: Mapping[str, Any]) -> dict[str, Any]:
         "tensors": {name: tensor_sha256(t) for name, t in tensors.items()},
         "data": _rest_sha256(rest),
     }
+
+
+def read_payload(path: str, argname: str, what: str) -> Any:
+    """``torch.load(path)`` with ``weights_only=True`` on the CPU; a file that cannot be read
+    raises ``ValueError("<argname>: expected <what> at <path>, got a file that cannot be read as
+    one (<reason>)")``.
+
+    Example:
+        >>> read_payload("/nonexistent.pt", "checkpoint", "a checkpoint")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: checkpoint: expected a checkpoint at '/nonexistent.pt', got a file that cannot be read as one (...)
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(
+            f"{argname}: expected {what} at {path!r}, got a file that cannot be read as one ({e})"
+        ) from e
 
 
 def _damaged(argname: str, path: str, what: str) -> ValueError:
