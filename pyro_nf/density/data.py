@@ -22,6 +22,7 @@ __all__ = [
     "Shuffler",
     "as_tensor",
     "check_fraction",
+    "check_frame_columns",
     "check_not_constant",
     "check_rows",
     "check_standardizable",
@@ -29,6 +30,7 @@ __all__ = [
     "context_standardization",
     "explicit_validation",
     "fit_rows",
+    "frame_columns",
     "prepare_rows",
     "split_for_fit",
     "train_val_split",
@@ -78,16 +80,55 @@ def train_val_split(
     return perm[n_val:].sort().values, perm[:n_val].sort().values
 
 
+def frame_columns(name: str, value: Any) -> tuple[str, ...] | None:
+    """The column names of a pandas ``DataFrame`` ``value`` (as strings), ``None`` for other data.
+
+    Example:
+        >>> import pandas as pd
+        >>> frame_columns("x", pd.DataFrame({"a": [1.0], "b": [2.0]})), frame_columns("x", [[1.0]])
+        (('a', 'b'), None)
+    """
+    columns = getattr(value, "columns", None)
+    if columns is None or not hasattr(value, "to_numpy"):
+        return None
+    return tuple(str(c) for c in columns)
+
+
+def check_frame_columns(name: str, value: Any, expected: tuple[str, ...] | None) -> None:
+    """``ValueError`` if ``value`` is a ``DataFrame`` whose columns are not ``expected`` (the
+    fitted data's column names; nothing is checked when either has no names)."""
+    found = frame_columns(name, value)
+    if found is not None and expected is not None and found != tuple(expected):
+        raise ValueError(
+            f"{name}: expected a DataFrame with the fitted columns {list(expected)}, got columns "
+            f"{list(found)}"
+        )
+
+
+def _frame_values(name: str, value: Any) -> np.ndarray:
+    """The values of a pandas ``DataFrame``/``Series`` as ``float64``, else ``ValueError`` naming
+    the non-numeric columns."""
+    dtypes = getattr(value, "dtypes", None)
+    if dtypes is not None and hasattr(dtypes, "items"):
+        bad = [str(c) for c, t in dtypes.items() if getattr(t, "kind", "O") not in "iufb"]
+        if bad:
+            raise ValueError(f"{name}: expected numeric columns, got non-numeric columns {bad}")
+    return np.array(value.to_numpy(dtype=np.float64), copy=True)
+
+
 def as_tensor(name: str, value: Any, ref: torch.Tensor) -> torch.Tensor:
-    """Tensor/array/list -> tensor on ``ref``'s device and dtype (real values only).
+    """Tensor/array/list/``DataFrame`` -> tensor on ``ref``'s device and dtype (real values only).
 
     Example:
         >>> as_tensor("x", [[1, 2]], torch.zeros(1, dtype=torch.float64)).dtype
         torch.float64
     """
+    if hasattr(value, "to_numpy") and not isinstance(value, torch.Tensor):
+        value = _frame_values(name, value)
     if isinstance(value, np.ndarray) or isinstance(value, (list, tuple)):
         try:
-            value = torch.as_tensor(np.asarray(value))
+            arr = np.asarray(value)
+            value = torch.as_tensor(arr if arr.flags.writeable else arr.copy())
         except (TypeError, ValueError) as e:
             raise ValueError(
                 f"{name}: expected a real-valued array, got {type(value).__name__} "
@@ -95,7 +136,8 @@ def as_tensor(name: str, value: Any, ref: torch.Tensor) -> torch.Tensor:
             ) from e
     if not isinstance(value, torch.Tensor):
         raise ValueError(
-            f"{name}: expected a torch.Tensor (or numpy array), got {type(value).__name__}"
+            f"{name}: expected a torch.Tensor, NumPy array or pandas DataFrame, got "
+            f"{type(value).__name__}"
         )
     if value.is_complex() or value.dtype == torch.bool:
         raise ValueError(f"{name}: expected real-valued data, got dtype {value.dtype}")

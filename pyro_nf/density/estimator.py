@@ -52,17 +52,19 @@ References:
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..flows.distribution import FlowDistribution
 from ..flows.flow import Flow
-from ..flows.registry import build_flow, flow_spec, register_builder
+from ..flows.registry import build_flow, flow_spec, get_family, normalize_spec, register_builder
 from ..training.distributed import shard
 from ..training.loop import EarlyStopping, History, TrainingDivergedError, train
 from ..training.runinfo import check_checkpoint_args
@@ -73,8 +75,10 @@ from .data import (
     Shuffler,
     as_tensor,
     check_fraction,
+    check_frame_columns,
     context_standardization,
     fit_rows,
+    frame_columns,
     train_val_split,
 )
 from .grid import density_grid_2d, plot_limits
@@ -246,6 +250,35 @@ def _check_finite_fit(est: DensityEstimator) -> None:
             )
 
 
+def _spec_lacks_dim(flow: Any, builder_kwargs: dict[str, Any]) -> bool:
+    """Whether the builder name or spec ``flow`` leaves out a ``dim`` its builder takes (then
+    :meth:`DensityEstimator.fit` builds the flow from the data's columns)."""
+    if isinstance(flow, Flow):
+        return False
+    try:
+        norm = normalize_spec(flow, builder_kwargs)
+        params = inspect.signature(get_family(norm["name"]).builder).parameters
+    except (TypeError, ValueError):  # not a valid spec: build_flow says why
+        return False
+    return "dim" in params and "dim" not in norm["kwargs"]
+
+
+def _data_columns(x: Any) -> int:
+    """The number of columns ``D`` of the data ``x`` (``(N, D)``), else ``ValueError``."""
+    shape = getattr(x, "shape", None)
+    if shape is None:
+        try:
+            shape = np.shape(x)
+        except ValueError:
+            shape = None
+    if shape is None or len(shape) != 2 or int(shape[1]) < 1:
+        raise ValueError(
+            f"x: expected data of shape (N, D) to infer the flow's dim from, got "
+            f"{type(x).__name__} of shape {None if shape is None else tuple(shape)}"
+        )
+    return int(shape[1])
+
+
 # -- the estimator -------------------------------------------------------------------------------
 
 
@@ -284,19 +317,31 @@ class DensityEstimator(nn.Module):
         **builder_kwargs: Any,
     ) -> None:
         super().__init__()
+        if not isinstance(standardize, bool):
+            raise ValueError(f"standardize: expected a bool, got {standardize!r}")
+        self.standardize = standardize
+        self.history: History | None = None
+        self.feature_names: tuple[str, ...] | None = None
+        self.flow: Flow | None = None
+        self.dim: int | None = None
+        self.context_dim: int | None = builder_kwargs.get("context_dim")
+        self._pending: tuple[Any, dict[str, Any]] | None = None
         if isinstance(flow, Flow):
             if builder_kwargs:
                 raise ValueError(
                     f"builder_kwargs: expected none with a Flow instance, got "
                     f"{sorted(builder_kwargs)}"
                 )
+            self._install(flow)
+        elif _spec_lacks_dim(flow, builder_kwargs):  # built by fit, once x gives D
+            self._pending = (flow, dict(builder_kwargs))
         else:
-            flow = build_flow(flow, **builder_kwargs)
-        if not isinstance(standardize, bool):
-            raise ValueError(f"standardize: expected a bool, got {standardize!r}")
+            self._install(build_flow(flow, **builder_kwargs))
+
+    def _install(self, flow: Flow) -> None:
+        """Make ``flow`` this estimator's flow, with standardization buffers of its size."""
         self.flow = flow
         self.dim, self.context_dim = flow.dim, flow.context_dim
-        self.standardize = standardize
         ref = next(iter(flow.parameters()), None)
         kw = {"dtype": ref.dtype, "device": ref.device} if ref is not None else {}
         h = self.context_dim or 0
@@ -304,7 +349,15 @@ class DensityEstimator(nn.Module):
         self.register_buffer("scale", torch.ones(self.dim, **kw))
         self.register_buffer("context_loc", torch.zeros(h, **kw))
         self.register_buffer("context_scale", torch.ones(h, **kw))
-        self.history: History | None = None
+        self._pending = None
+
+    def _require_flow(self, what: str) -> None:
+        """``RuntimeError`` if the flow awaits its dimension from :meth:`fit`."""
+        if self.flow is None:
+            raise RuntimeError(
+                f"DensityEstimator.{what}: the flow is built when fit() sees the data (no dim "
+                "was given); call fit(x) first, or pass dim= when constructing the estimator"
+            )
 
     # -- transforms between data space and the flow's space --------------------------------------
     def _to_flow_space(self, x: torch.Tensor) -> torch.Tensor:
@@ -318,6 +371,7 @@ class DensityEstimator(nn.Module):
         return q.log_prob(x_std) - self.scale.log().sum()
 
     def _checked_context(self, context: Any) -> torch.Tensor | None:
+        self._require_flow("context")
         if context is not None and self.context_dim is not None:
             context = as_tensor("context", context, self.loc)
         return check_context(context, self.context_dim)
@@ -331,19 +385,32 @@ class DensityEstimator(nn.Module):
             >>> DensityEstimator("planar", dim=3, depth=2).distribution().event_shape
             torch.Size([3])
         """
+        self._require_flow("distribution")
         return self.flow(self._context(self._checked_context(context)))
 
-    def log_prob(self, x: Any, context: Any = None, batch_size: int | None = None) -> torch.Tensor:
+    def log_prob(
+        self,
+        x: Any,
+        context: Any = None,
+        batch_size: int | None = None,
+        *,
+        grad: bool | None = None,
+    ) -> torch.Tensor:
         r"""Log-density :math:`\log q(x \mid \text{context})` on the data's scale.
 
         Args:
-            x: points of shape ``(..., D)`` (converted to the estimator's dtype and device).
+            x: points of shape ``(..., D)``: a tensor, NumPy array or pandas ``DataFrame``
+                (whose columns must be the fitted :attr:`feature_names`), converted to the
+                estimator's dtype and device.
             context: ``(..., H)`` broadcasting with ``x``'s batch shape (amortized flows only).
             batch_size: evaluate a 2-D ``x`` in chunks of this many rows (saves memory).
+            grad: keep the autograd graph (to differentiate in ``x`` or the parameters).
+                ``None`` (default): only when ``x`` is a tensor that requires grad, so a plain
+                call returns a tensor that converts to NumPy directly; ``True``: always (e.g. a
+                hand-written training loop); ``False``: never.
 
         Returns:
-            Shape ``broadcast(x.shape[:-1], context.shape[:-1])``. Differentiable in ``x`` and
-            the parameters (call under ``torch.no_grad()`` when gradients are not needed).
+            Shape ``broadcast(x.shape[:-1], context.shape[:-1])``.
 
         Example:
             >>> est = DensityEstimator("maf", dim=2, depth=1, context_dim=3)
@@ -351,9 +418,23 @@ class DensityEstimator(nn.Module):
             torch.Size([10])
             >>> est.log_prob(torch.randn(2), context=torch.randn(4, 3)).shape  # broadcasting
             torch.Size([4])
+            >>> import numpy as np
+            >>> np.asarray(est.log_prob(np.zeros((3, 2)), context=np.zeros((3, 3)))).shape
+            (3,)
         """
-        x = check_event("x", as_tensor("x", x, self.loc), self.dim)
-        ctx = self._checked_context(context)
+        self._require_flow("log_prob")
+        if grad is not None and not isinstance(grad, bool):
+            raise TypeError(f"grad: expected None, True or False, got {grad!r}")
+        check_frame_columns("x", x, self.feature_names)
+        keep = grad if grad is not None else isinstance(x, torch.Tensor) and x.requires_grad
+        with torch.set_grad_enabled(keep and torch.is_grad_enabled()):
+            return self._log_prob_rows(check_event("x", as_tensor("x", x, self.loc), self.dim),
+                                       self._checked_context(context), batch_size)  # fmt: skip
+
+    def _log_prob_rows(
+        self, x: torch.Tensor, ctx: torch.Tensor | None, batch_size: int | None
+    ) -> torch.Tensor:
+        """:meth:`log_prob` of checked tensors, in chunks of ``batch_size`` rows if given."""
         if batch_size is not None:
             batch_size = check_positive_int("batch_size", batch_size)
         if (
@@ -395,6 +476,7 @@ class DensityEstimator(nn.Module):
             >>> est.sample(5, context=torch.zeros(3, 1)).shape
             torch.Size([5, 3, 2])
         """
+        self._require_flow("sample")
         n = check_positive_int("n", n)
         with torch.no_grad():
             q = self.flow(self._context(self._checked_context(context)))
@@ -463,6 +545,7 @@ class DensityEstimator(nn.Module):
         )
         _add_weight_decay(train_kwargs, weight_decay, lr)
         frac = _check_fit_options(drop_nonfinite, train_kwargs, val_fraction, x_val, context_val)
+        self._prepare_for(x, x_val)
         data = fit_rows(self, (x, context), (x_val, context_val), frac, seed, drop_nonfinite)
         self._set_standardization(data)
         validate_fn = _validation_nll(self, data, eval_batch_size)
@@ -480,6 +563,16 @@ class DensityEstimator(nn.Module):
             raise
         _check_finite_fit(self)
         return self.history
+
+    def _prepare_for(self, x: Any, x_val: Any) -> None:
+        """Build a pending flow with ``D`` = the columns of ``x``; record ``x``'s column names
+        (a ``DataFrame``'s), which ``x_val`` must share."""
+        names = frame_columns("x", x)
+        check_frame_columns("x_val", x_val, names)
+        if self._pending is not None:
+            spec, kwargs = self._pending
+            self._install(build_flow(spec, dim=_data_columns(x), **kwargs))
+        self.feature_names = names
 
     @torch.no_grad()
     def _set_standardization(self, data: FitData) -> None:
@@ -515,6 +608,7 @@ class DensityEstimator(nn.Module):
             >>> torch.equal(DensityEstimator.load(path).log_prob(x), est.log_prob(x))
             True
         """
+        self._require_flow("save")
         write_estimator_file(self, path)
 
     @classmethod
@@ -546,10 +640,16 @@ class DensityEstimator(nn.Module):
         blob = read_estimator_file(path, map_location)
         est = cls(resolve_flow(blob, flow, os.fspath(path)), standardize=blob["standardize"])
         load_payload_into(est, blob)
+        est.feature_names = blob.get("feature_names")
         return est.eval()
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, context_dim={self.context_dim}, standardize={self.standardize}"
+        names = "" if self.feature_names is None else f", feature_names={self.feature_names}"
+        built = "" if self.flow is not None else ", flow=<built by fit>"
+        return (
+            f"dim={self.dim}, context_dim={self.context_dim}, standardize={self.standardize}"
+            f"{names}{built}"
+        )
 
 
 def fit_density(
@@ -577,18 +677,6 @@ def fit_density(
         True
     """
     kwargs = dict(builder_kwargs or {})
-    if (
-        not isinstance(flow, Flow)
-        and "dim" not in kwargs
-        and "kwargs" not in (flow if isinstance(flow, Mapping) else {})
-    ):
-        shape = getattr(x, "shape", None)
-        if shape is None or len(shape) != 2:
-            raise ValueError(
-                f"x: expected data of shape (N, D), got {type(x).__name__} "
-                f"of shape {tuple(shape) if shape is not None else None}"
-            )
-        kwargs["dim"] = int(shape[-1])
     est = DensityEstimator(flow, standardize=standardize, **kwargs)
     est.fit(x, context, **fit_kwargs)
     return est

@@ -67,6 +67,7 @@ def estimator_payload(est: nn.Module) -> dict[str, Any]:
         "context_dim": est.context_dim,
         "dtype": str(est.loc.dtype).removeprefix("torch."),
         "standardize": est.standardize,
+        "feature_names": getattr(est, "feature_names", None),
         "state_dict": {k: v.detach() for k, v in est.state_dict().items()},
         "history": asdict(history) if history is not None else None,
     }
@@ -147,6 +148,12 @@ def _check_fields(blob: dict[str, Any], path: str) -> None:
         and isinstance(spec.get("kwargs"), dict)
     ):  # fmt: skip
         raise _bad_field(path, "spec", "None or {'name': str, 'kwargs': dict}", spec)
+    names = blob.get("feature_names")
+    if names is not None and not (
+        isinstance(names, (list, tuple)) and len(names) == dim
+        and all(isinstance(n, str) for n in names)
+    ):  # fmt: skip
+        raise _bad_field(path, "feature_names", f"None or {dim} column names", names)
     if blob.get("history") is not None and not isinstance(blob["history"], dict):
         raise _bad_field(path, "history", "None or a dict", type(blob["history"]).__name__)
 

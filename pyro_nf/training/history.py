@@ -8,9 +8,12 @@ from dataclasses import dataclass, field
 __all__ = ["History"]
 
 
-@dataclass
+@dataclass(repr=False)
 class History:
     """What happened during :func:`train` (one entry per step in the lists).
+
+    ``steps_per_epoch`` (set by minibatch fitters such as :func:`pyro_nf.vae.fit_vae`) lets the
+    summary count epochs too.
 
     Attributes: ``losses`` (NaN at steps that were rolled back), ``smoothed`` (EMA of the finite
     losses), ``lrs`` (learning rate used at each step, first parameter group), ``grad_norms``
@@ -44,23 +47,39 @@ class History:
     elapsed: float = 0.0
     pilot_losses: list[float] = field(default_factory=list)
     halvings: list[tuple[int, dict[int, float]]] = field(default_factory=list)
+    steps_per_epoch: int | None = None
 
     @property
     def num_steps(self) -> int:
         """Number of steps taken (over resumes)."""
         return len(self.losses)
 
+    @property
+    def epochs(self) -> float | None:
+        """Passes over the data (``num_steps / steps_per_epoch``), for minibatch fits that set
+        ``steps_per_epoch`` (e.g. :func:`pyro_nf.vae.fit_vae`); ``None`` otherwise.
+
+        Example:
+            >>> History(losses=[1.0] * 30, steps_per_epoch=20).epochs
+            1.5
+        """
+        if not self.steps_per_epoch:
+            return None
+        return self.num_steps / self.steps_per_epoch
+
     def summary(self) -> str:
         """One-line description of the run (see the class example)."""
         final = f"{self.smoothed[-1]:.6g}" if self.smoothed else "n/a"
         val = f", best val loss={min(v for _, v in self.val_losses):.6g}" if self.val_losses else ""
+        epochs = f", epochs={self.epochs:.4g}" if self.epochs is not None else ""
         return (
-            f"History(steps={self.num_steps}, stop_reason={self.stop_reason}, converged="
+            f"History(steps={self.num_steps}{epochs}, stop_reason={self.stop_reason}, converged="
             f"{self.converged}, final smoothed loss={final}{val}, best_step={self.best_step}, "
             f"nan_restores={self.num_nan_restores}, elapsed={self.elapsed:.2f}s)"
         )
 
     __str__ = summary
+    __repr__ = summary  # a run's lists can hold 10^5 entries: never dump them
 
     def finish(self) -> None:
         """Set ``stop_reason`` (``"max_steps"`` unless already set) and ``best_step`` at the end.

@@ -36,6 +36,8 @@ class VAEData:
         >>> d = VAEData(torch.zeros(3, 4), torch.zeros(1, 4), torch.zeros(1, 4), "bernoulli", (2, 2))
         >>> d.data_dim
         4
+        >>> d
+        VAEData(train/valid/test=3/1/1, data_dim=4, image_shape=(2, 2), likelihood='bernoulli', dtype=torch.float32)
     """
 
     train: torch.Tensor
@@ -48,6 +50,13 @@ class VAEData:
     def data_dim(self) -> int:
         """Number of pixels ``D``."""
         return self.train.shape[1]
+
+    def __repr__(self) -> str:  # shapes, never the pixels
+        sizes = "/".join(str(len(t)) for t in (self.train, self.valid, self.test))
+        return (
+            f"VAEData(train/valid/test={sizes}, data_dim={self.data_dim}, image_shape="
+            f"{self.image_shape}, likelihood={self.likelihood!r}, dtype={self.train.dtype})"
+        )
 
 
 def load_vae_data(

@@ -405,7 +405,9 @@ def train_vae(
     options = config.train_options(spe)
     if config.checkpoint is not None:  # a resumed run must see the same data and architecture
         options["fingerprint"] = run_fingerprint(vae, train_data, valid_data)
-    return train(loss_fn, vae, steps, validate_fn=validate_fn, **options)
+    history = train(loss_fn, vae, steps, validate_fn=validate_fn, **options)
+    history.steps_per_epoch = spe
+    return history
 
 
 def run_fingerprint(
@@ -510,6 +512,8 @@ class VAEEvaluation:
     Example:
         >>> VAEEvaluation(-90.0, 0.2, 86.0, 0.2, 5000, 10000, 1.0).gap
         4.0
+        >>> VAEEvaluation(-90.123456, 0.2034, 86.0, 0.2, 5000, 10000, 1.04)
+        VAEEvaluation(elbo=-90.12 ± 0.20, nll=86.00 ± 0.20, gap=4.12 nats, K=5000, N=10000, 1.0 s)
     """
 
     elbo: float
@@ -524,6 +528,13 @@ class VAEEvaluation:
     def gap(self) -> float:
         """``-elbo - nll``: how much looser the ELBO is than the IWAE estimate (nats)."""
         return -self.elbo - self.nll
+
+    def __repr__(self) -> str:
+        return (
+            f"VAEEvaluation(elbo={self.elbo:.2f} ± {self.elbo_se:.2f}, nll={self.nll:.2f} ± "
+            f"{self.nll_se:.2f}, gap={self.gap:.2f} nats, K={self.num_samples}, "
+            f"N={self.num_data}, {self.seconds:.1f} s)"
+        )
 
     def as_dict(self) -> dict[str, float]:
         """The fields (and ``gap``) as a plain dict (for JSON)."""

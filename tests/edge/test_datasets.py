@@ -83,7 +83,7 @@ def test_default_data_dir_env_var(monkeypatch, tmp_path):
 def test_default_data_dir_without_env_var(monkeypatch):
     monkeypatch.delenv("PYRO_NF_DATA", raising=False)
     d = default_data_dir()
-    expected = Path(ds.__file__).resolve().parents[2] / "shared" / "data"
+    expected = Path(ds.__file__).resolve().parents[3] / "shared" / "data"
     assert d == (expected if expected.is_dir() else None)
 
 
