@@ -1,6 +1,6 @@
 r"""Reverse-KL fits to the 2D energies U1–U4 (Rezende & Mohamed 2015): pyro-nf vs Pyro.
 
-For every energy :math:`U`, family (planar, radial, IAF) and depth :math:`K`, a flow is fitted to
+For every energy :math:`U`, family (planar, radial, IAF, the two neural spline flows) and depth :math:`K`, a flow is fitted to
 :math:`\tilde p = e^{-U}` by minimizing the reverse KL with the *same* loop, budget and settings
 for both libraries: :func:`pyro_nf.reverse_kl.fit_reverse_kl` (``steps`` Adam steps, batch 256,
 lr 1e-2 with a cosine decay, annealing :math:`\beta_t = \min(1, 0.01 + t/T)`,
@@ -29,6 +29,11 @@ The flows:
   AutoRegressiveNN(2, [64, 64]), stable=True)`` with a coordinate reversal between IAF layers
   (Pyro's own parameter initialisation). Its ``log_prob`` of the sample goes through Pyro's
   transform cache.
+* **Neural spline flows** (``--families spline_autoregressive spline_coupling``): pyro-nf's
+  ``spline_autoregressive(2, K, invert=False)`` (IAF orientation) and ``spline_coupling(2, K)``
+  against Pyro's ``SplineAutoregressive`` / ``SplineCoupling`` with ``order="quadratic"``; both
+  8 bins, bound 5, hidden (64, 64), a coordinate reversal between layers, the same learnable
+  diagonal base as above.
 
 ``--restarts R`` fits with ``fit_reverse_kl(restarts=R)`` for *both* libraries: R pilots from
 fresh initial parameters (pyro-nf's ``Flow.reset_parameters``; Pyro's own ``reset_parameters``
@@ -79,13 +84,14 @@ import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
 import torch.nn.functional as F
-from pyro.nn import AutoRegressiveNN
+from pyro.nn import AutoRegressiveNN, DenseNN
 from scipy.stats import mannwhitneyu
 from torch import nn
 
 import pyro_nf
 from pyro_nf.density.reverse_kl import default_pilot_steps, fit_reverse_kl, kl_estimate
 from pyro_nf.density.targets import get_target
+from pyro_nf.flows import spline_autoregressive, spline_coupling
 from pyro_nf.flows.layers import MAP_INITS
 from pyro_nf.training.loop import TrainingDivergedError
 
@@ -95,11 +101,13 @@ except ImportError:  # pragma: no cover
     from benchmarks._common import format_table, save_json, set_threads
 
 ENERGIES = ("U1", "U2", "U3", "U4")
-FAMILIES = ("planar", "radial", "iaf")
+FAMILIES = ("planar", "radial", "iaf", "spline_autoregressive", "spline_coupling")
 INIT_FAMILIES = ("planar", "radial")  # families with pyro-nf's init= (identity/random/pyro)
 DEPTHS = (2, 8, 32)
 LIBRARIES = ("pyro_nf", "pyro")
 IAF_HIDDEN = 64
+SPLINE_BINS = 8
+SPLINE_BOUND = 5.0
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_OUT = RESULTS / "energies.json"
 QUICK_OUT = RESULTS / "energies_quick.json"
@@ -133,6 +141,10 @@ class PyroFlow(nn.Module):
                     layers.append(T.Permute(torch.arange(dim - 1, -1, -1)))
                 net = AutoRegressiveNN(dim, [IAF_HIDDEN, IAF_HIDDEN], permutation=torch.arange(dim))
                 layers.append(T.AffineAutoregressive(net, stable=True))
+            elif family in ("spline_autoregressive", "spline_coupling"):
+                if k > 0:
+                    layers.append(T.Permute(torch.arange(dim - 1, -1, -1)))
+                layers.append(_pyro_spline(family, dim))
             else:
                 raise ValueError(f"family: expected one of {FAMILIES}, got {family!r}")
         self.transforms = layers  # the permutations are not modules:
@@ -153,6 +165,19 @@ class PyroFlow(nn.Module):
         return dist.TransformedDistribution(base, list(self.transforms))
 
 
+def _pyro_spline(family: str, dim: int) -> T.Transform:
+    """One of Pyro's quadratic spline layers (IAF orientation), SPLINE_BINS bins, bound
+    SPLINE_BOUND, hidden (64, 64); built here since Pyro's helpers give a quadratic spline the
+    linear spline's outputs (``spline_autoregressive``) or no ``order`` (``spline_coupling``)."""
+    k, hidden = SPLINE_BINS, [IAF_HIDDEN, IAF_HIDDEN]
+    if family == "spline_autoregressive":
+        net = AutoRegressiveNN(dim, hidden, param_dims=[k, k, k - 1], permutation=torch.arange(dim))
+        return T.SplineAutoregressive(dim, net, k, SPLINE_BOUND, order="quadratic")
+    split = dim // 2
+    net = DenseNN(split, hidden, [(dim - split) * k, (dim - split) * k, (dim - split) * (k - 1)])
+    return T.SplineCoupling(dim, split, net, k, SPLINE_BOUND, order="quadratic")
+
+
 def build_flow(library: str, family: str, depth: int, init: str | None = None) -> nn.Module:
     """The flow of ``library`` (``"pyro_nf"`` or ``"pyro"``) for one grid cell; ``init`` is
     pyro-nf's ``planar(init=...)`` / ``radial(init=...)`` (default the identity; Pyro's maps
@@ -165,6 +190,13 @@ def build_flow(library: str, family: str, depth: int, init: str | None = None) -
         return pyro_nf.radial(2, depth=depth, init=init or "identity")
     if family == "iaf":
         return pyro_nf.iaf(2, depth=depth, hidden=(IAF_HIDDEN, IAF_HIDDEN))
+    if family == "spline_autoregressive":  # IAF orientation: one-pass sampling and scoring
+        return spline_autoregressive(
+            2, depth, bins=SPLINE_BINS, bound=SPLINE_BOUND, hidden=(IAF_HIDDEN,) * 2, invert=False
+        )
+    if family == "spline_coupling":
+        hidden = (IAF_HIDDEN, IAF_HIDDEN)
+        return spline_coupling(2, depth, bins=SPLINE_BINS, bound=SPLINE_BOUND, hidden=hidden)
     raise ValueError(f"family: expected one of {FAMILIES}, got {family!r}")
 
 

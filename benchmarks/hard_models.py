@@ -68,7 +68,8 @@ import pyro.distributions as dist
 import torch
 
 import pyro_nf
-from pyro_nf.diagnostics.reference import NUTSDraws, run_nuts
+from pyro_nf.diagnostics.inference_data import flat_convergence, flat_draws
+from pyro_nf.diagnostics.reference import run_nuts
 
 __all__ = [
     "MODELS",
@@ -331,7 +332,8 @@ class Reference:
         names: ``P`` coordinate names, e.g. ``"beta[x2]"``, ``"a[7]"``.
         mean, sd: lists of length ``P``.
         source: ``"exact"``, ``"quadrature"`` or ``"nuts"``.
-        rhat, ess: split R-hat and bulk ESS per coordinate (NUTS), else empty.
+        rhat, ess: split R-hat and bulk ESS per coordinate (NUTS), else empty (rank-normalized,
+            ``az.rhat``/``az.ess``, for references computed since run_nuts returns ArviZ data).
         settings: how it was produced (sampler, chains, draws, seed, versions, time, ...).
         checks: extra evidence (e.g. NUTS vs quadrature differences), free-form.
     """
@@ -496,13 +498,29 @@ def _versions() -> dict[str, str]:
 
 
 def _nuts_reference(
-    name: str, names: Sequence[str], out: NUTSDraws, max_rhat: float, **extra: Any
+    name: str,
+    names: Sequence[str],
+    idata: Any,
+    var_names: Sequence[str],
+    max_rhat: float,
+    **extra: Any,
 ) -> Reference:
-    draws, rhat, ess, info = out.draws, out.rhat, out.ess, {**out.info, **extra}
+    """The moments of the coordinates ``var_names`` (flattened, in order: ``names``) of the
+    ``run_nuts`` draws ``idata``, with their rank-normalized R-hat and bulk ESS; raise if an
+    R-hat exceeds ``max_rhat``."""
+    draws, _ = flat_draws(idata, var_names)
+    conv = flat_convergence(idata, var_names)
+    rhat, ess = conv["rhat"], conv["ess_bulk"]
+    info = {
+        **dict(idata.attrs),
+        "ess_tail": [round(float(e), 1) for e in conv["ess_tail"]],
+        "coords": f"posterior variables {list(var_names)}, flattened",
+        **extra,
+    }
     if not bool((rhat <= max_rhat).all()):
         worst = int(rhat.argmax())
         raise RuntimeError(
-            f"{name}: NUTS split R-hat up to {float(rhat.max()):.4f} > {max_rhat} "
+            f"{name}: NUTS rank-normalized R-hat up to {float(rhat.max()):.4f} > {max_rhat} "
             f"({names[worst]}); run longer before trusting it"
         )
     flat = draws.reshape(-1, draws.shape[-1])
@@ -639,14 +657,15 @@ def compute_reference(name: str, *, quick: bool = False, seed: int = 0) -> Refer
                 "sigma": torch.tensor(sigma_ls * (0.7 + 0.6 * u), dtype=theta_ls.dtype),
             }
 
-        def lin_coords(samples: dict[str, torch.Tensor], k: int) -> torch.Tensor:
-            beta = samples["theta"].reshape(k, -1) @ r_inv.T
-            return torch.cat([beta, samples["sigma"].reshape(k, 1)], -1).double()
+        def lin_beta(samples: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {"beta": samples["theta"] @ r_inv.T.to(samples["theta"])}
 
         out = run_nuts(
             _linreg_qr_model,
-            (q_star, y, prior_tril),
-            lin_coords,
+            q_star,
+            y,
+            prior_tril,
+            derived=lin_beta,
             warmup=n(1000),
             num_samples=n(2500),
             seed=seed,
@@ -657,6 +676,7 @@ def compute_reference(name: str, *, quick: bool = False, seed: int = 0) -> Refer
             name,
             problem.names,
             out,
+            ["beta", "sigma"],
             max_rhat,
             reparameterization="QR: theta = R* beta (X = Q* R*, Q* = Q sqrt(N-1))",
         )
@@ -676,13 +696,15 @@ def compute_reference(name: str, *, quick: bool = False, seed: int = 0) -> Refer
         x, y = problem.args
         q_star, r_star, prior_tril, r_inv = _qr_reparam(x, GERMAN_PRIOR_SCALE)
 
-        def to_coords(samples: dict[str, torch.Tensor], k: int) -> torch.Tensor:
-            return samples["theta"].reshape(k, -1) @ r_inv.T
+        def to_beta(samples: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {"beta": samples["theta"] @ r_inv.T.to(samples["theta"])}
 
         out = run_nuts(
             _logistic_qr_model,
-            (q_star, y, prior_tril),
-            to_coords,
+            q_star,
+            y,
+            prior_tril,
+            derived=to_beta,
             warmup=n(1000),
             num_samples=n(2000),
             seed=seed,
@@ -692,20 +714,15 @@ def compute_reference(name: str, *, quick: bool = False, seed: int = 0) -> Refer
             name,
             problem.names,
             out,
+            ["beta"],
             max_rhat,
             reparameterization="QR: theta = R* beta (X = Q* R*, Q* = Q sqrt(N-1))",
         )
     if name == "eight_schools":
-
-        def es_coords(samples: dict[str, torch.Tensor], k: int) -> torch.Tensor:
-            mu, tau = samples["mu"].reshape(k, 1), samples["tau"].reshape(k, 1)
-            theta = mu + tau * samples["theta_raw"].reshape(k, -1)
-            return torch.cat([mu, tau, theta], -1).double()
-
+        # theta = mu + tau * theta_raw is the model's deterministic site: in the posterior
         out = run_nuts(
             eight_schools_noncentered,
-            problem.args,
-            es_coords,
+            *problem.args,
             warmup=n(1000),
             num_samples=n(4000),
             seed=seed,
@@ -715,22 +732,15 @@ def compute_reference(name: str, *, quick: bool = False, seed: int = 0) -> Refer
             name,
             problem.names,
             out,
+            ["mu", "tau", "theta"],
             max_rhat,
             reparameterization="non-centered: theta = mu + tau * theta_raw",
         )
     if name == "hierarchical":
-
-        def h_coords(samples: dict[str, torch.Tensor], k: int) -> torch.Tensor:
-            top = [samples[s].reshape(k, 1) for s in problem.sites[:5]]
-            mu_a, mu_b, sigma_a, sigma_b = top[:4]
-            a = mu_a + sigma_a * samples["a_raw"].reshape(k, -1)
-            b = mu_b + sigma_b * samples["b_raw"].reshape(k, -1)
-            return torch.cat([*top, a, b], -1).double()
-
+        # a and b are the model's deterministic sites: in the posterior
         out = run_nuts(
             hierarchical_noncentered,
-            problem.args,
-            h_coords,
+            *problem.args,
             warmup=n(700),
             num_samples=n(2500),
             seed=seed,
@@ -740,6 +750,7 @@ def compute_reference(name: str, *, quick: bool = False, seed: int = 0) -> Refer
             name,
             problem.names,
             out,
+            [*problem.sites[:5], "a", "b"],
             max_rhat,
             reparameterization="non-centered: a = mu_a + sigma_a a_raw, b = mu_b + sigma_b b_raw",
         )

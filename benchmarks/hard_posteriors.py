@@ -9,8 +9,10 @@ schools, Neal's 10-D funnel, a centered 50-group varying-slopes model) this fits
   steps=S, lr=lr, num_particles=P)`` with every other setting at its default (flow family,
   depth, Laplace initialisation, early stopping on the smoothed ELBO — a run may stop before
   ``S``; the JSON's ``library`` entry identifies the code whose defaults were measured);
-* Pyro's ``AutoNormal``, ``AutoMultivariateNormal`` and ``AutoIAFNormal`` with their default
-  constructors, fitted by the same loop (``pyro_nf.fit(..., early_stopping=None)``: torch Adam at
+* Pyro's ``AutoNormal``, ``AutoMultivariateNormal``, ``AutoIAFNormal(num_transforms=4)`` and
+  ``AutoNormalizingFlow`` with Pyro's ``spline_coupling`` (two coupling layers, 8 bins, each
+  followed by a reversal) and with BNAF (``iterated(2, block_autoregressive)``, as in Pyro's
+  ``AutoNormalizingFlow`` example), otherwise at their defaults, fitted by the same loop (``pyro_nf.fit(..., early_stopping=None)``: torch Adam at
   ``lr`` over every parameter, ``Trace_ELBO`` with ``P`` particles, all ``S`` steps).
 
 and measures, against a reference posterior (exact, quadrature or long NUTS, cached in
@@ -31,7 +33,10 @@ flags the failure with :math:`\hat k > 0.7`; and it beats every Pyro guide (its 
 :math:`\max(\text{mean err}, \text{log sd})` is the smallest).
 
 ``--variants`` adds FlowGuide runs with non-default arguments (the investigation of where the
-defaults fall short); they are reported separately and never enter the verdicts.
+defaults fall short); they are reported separately and never enter the verdicts. The
+``reparam*`` variants run :class:`CandidateFlowGuide`, FlowGuide over the model's automatically
+decentered location–scale sites (:mod:`pyro_nf.infer.reparam`), the wiring proposed for
+FlowGuide's default in issue 19; ``spline_*`` the spline families.
 
 Usage::
 
@@ -56,16 +61,26 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pyro
+import pyro.distributions.transforms as T
 import torch
-from pyro.infer.autoguide import AutoIAFNormal, AutoMultivariateNormal, AutoNormal
+from pyro.distributions.transforms import biject_to
+from pyro.distributions.util import sum_rightmost
+from pyro.infer.autoguide import (
+    AutoIAFNormal,
+    AutoMultivariateNormal,
+    AutoNormal,
+    AutoNormalizingFlow,
+)
 from pyro.infer.autoguide.initialization import init_to_feasible
 from pyro.infer.importance import vectorized_importance_weights
 
 import pyro_nf
+from pyro_nf.infer.reparam import auto_reparam, decentered_name
 
 try:  # run as a script (benchmarks/ on sys.path) or imported as ``benchmarks.hard_posteriors``
     import hard_models as hm
@@ -84,10 +99,29 @@ TOL_MEAN, TOL_LOG_SD = 0.1, 0.1
 KHAT_FLAG = 0.7
 
 FLOWGUIDE = "FlowGuide"
+
+
+def _pyro_spline_coupling(dim: int) -> T.ComposeTransformModule:
+    """Pyro's ``spline_coupling`` (8 bins, bound 3, its default hidden sizes) twice, each
+    followed by a reversal so that both halves are transformed."""
+    flip = torch.arange(dim - 1, -1, -1)
+    return T.ComposeTransformModule(
+        [T.spline_coupling(dim), T.Permute(flip), T.spline_coupling(dim), T.Permute(flip)]
+    )
+
+
+def _pyro_bnaf(dim: int) -> T.ComposeTransformModule:
+    """Pyro's ``block_autoregressive`` (BNAF, hidden factors [8, 8]) twice, as in
+    ``AutoNormalizingFlow``'s own example (``partial(iterated, 2, block_autoregressive)``)."""
+    return T.iterated(2, T.block_autoregressive, dim)
+
+
 PYRO_GUIDES: dict[str, Callable[[Callable], Any]] = {
     "AutoNormal": AutoNormal,
     "AutoMultivariateNormal": AutoMultivariateNormal,
-    "AutoIAFNormal": AutoIAFNormal,
+    "AutoIAFNormal(4)": lambda model: AutoIAFNormal(model, num_transforms=4),
+    "AutoNF[spline_coupling]": lambda model: AutoNormalizingFlow(model, _pyro_spline_coupling),
+    "AutoNF[BNAF]": lambda model: AutoNormalizingFlow(model, _pyro_bnaf),
 }
 GUIDE_NAMES = (FLOWGUIDE, *PYRO_GUIDES)
 
@@ -155,6 +189,82 @@ def _plateau_decay(patience: int = 200) -> dict[str, Any]:
     return {"early_stopping": None, "lr_schedule": pd.scheduler, "callback": pd.callback}
 
 
+class CandidateFlowGuide(pyro_nf.FlowGuide):
+    """Investigation: ``FlowGuide`` over the model's automatically decentered location–scale
+    sites (:func:`pyro_nf.infer.reparam.auto_reparam`, learnable centeredness), reporting the
+    user's own sites: the wiring proposed for ``FlowGuide``'s default (issue 19)."""
+
+    def __init__(
+        self, model: Callable, *, init_centered: float = 0.5, learnable: bool = True, **kw: Any
+    ) -> None:
+        super().__init__(model, **kw)
+        self._user, self._centering_opts = (model,), (init_centered, learnable)
+        self.centering = None
+
+    def _setup_prototype(self, *args: Any, **kwargs: Any) -> None:
+        self._proto_args = (args, kwargs)
+        c0, learn = self._centering_opts
+        self.centering = auto_reparam(
+            self._user[0], *args, model_kwargs=kwargs, init_centered=c0, learnable=learn
+        )
+        if self.centering is not None:
+            self._model = (self.centering.model,)
+        try:
+            super()._setup_prototype(*args, **kwargs)
+        finally:
+            self._model = self._user
+
+    def _unconstrained_log_density(self, u: torch.Tensor, *rest: Any) -> torch.Tensor:
+        if self.centering is not None:
+            self._model = (self.centering.model,)
+        try:
+            return super()._unconstrained_log_density(u, *rest)
+        finally:
+            self._model = self._user
+
+    def forward(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        if self.prototype_trace is None:
+            self._setup_prototype(*args, **kwargs)
+        if self.centering is None:
+            return super().forward(*args, **kwargs)
+        latent = self.sample_latent(*args, **kwargs)
+        plates = self._create_plates(*args, **kwargs)
+        values, log_dens = {}, {}
+        for site, u in self._unpack_latent(latent):
+            transform = biject_to(site["fn"].support)
+            value = transform(u)
+            ld = transform.inv.log_abs_det_jacobian(value, u)
+            ld = sum_rightmost(ld, ld.dim() - value.dim() + site["fn"].event_dim)
+            values[site["name"]], log_dens[site["name"]] = value, ld
+        originals, log_jac = self.centering.to_original(values, *args, **kwargs)
+        result = {}
+        for name in self.centering.latent_names:
+            node = self.centering.prototype.nodes[name]
+            if name in self.centering.sites:
+                ld = log_dens[decentered_name(name)] - log_jac[name]
+            else:
+                ld = log_dens[name]
+            if pyro.poutine.get_mask() is False:
+                ld = 0.0
+            delta = pyro.distributions.Delta(
+                originals[name], log_density=ld, event_dim=node["fn"].event_dim
+            )
+            with ExitStack() as stack:
+                for frame in node["cond_indep_stack"]:
+                    if frame.vectorized:
+                        stack.enter_context(plates[frame.name])
+                result[name] = pyro.sample(name, delta)
+        return result
+
+    @torch.no_grad()
+    def sample_posterior(self, num_samples: int = 1000, seed: int | None = None):
+        out = super().sample_posterior(num_samples, seed=seed)
+        if self.centering is None:
+            return out
+        args, kwargs = self._proto_args
+        return self.centering.to_original_batched(out, *args, **kwargs)
+
+
 #: Investigation: FlowGuide with non-default arguments, ``name -> (guide kwargs, fit kwargs)``
 #: (fit kwargs may be a zero-argument callable building fresh objects).
 VARIANTS: dict[str, tuple[dict[str, Any], Any]] = {
@@ -183,6 +293,16 @@ VARIANTS: dict[str, tuple[dict[str, Any], Any]] = {
     "affine_update_depth4": ({"update": "affine", "depth": 4}, {}),
     "affine_update_particles8": ({"update": "affine"}, {"num_particles": 8}),
     "init_loc_plateau_decay": ({"init": "loc"}, _plateau_decay),
+    "reparam": ({"guide_class": CandidateFlowGuide}, {}),
+    "spline_coupling": ({"flow": "spline_coupling"}, {}),
+    "spline_autoregressive": ({"flow": "spline_autoregressive"}, {}),
+    "reparam_spline_coupling": ({"guide_class": CandidateFlowGuide, "flow": "spline_coupling"}, {}),
+    "reparam_c001": ({"guide_class": CandidateFlowGuide, "init_centered": 0.01}, {}),
+    "reparam_particles4": ({"guide_class": CandidateFlowGuide}, {"num_particles": 4}),
+    "reparam_c0": (
+        {"guide_class": CandidateFlowGuide, "init_centered": 0.0, "learnable": False},
+        {},
+    ),
 }
 
 NOTES = [
@@ -304,7 +424,9 @@ def run_one(
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         if is_flow:
-            guide = pyro_nf.FlowGuide(problem.model, **guide_kwargs)
+            guide_kwargs = dict(guide_kwargs)
+            guide_class = guide_kwargs.pop("guide_class", pyro_nf.FlowGuide)
+            guide = guide_class(problem.model, **guide_kwargs)
             guide(*problem.args)  # the Laplace step happens on the first call
         else:
             guide = PYRO_GUIDES[guide_name](problem.model)

@@ -75,6 +75,7 @@ from pyro.infer.autoguide import (
 from pyro.infer.importance import vectorized_importance_weights
 
 import pyro_nf
+from pyro_nf.diagnostics.inference_data import flat_convergence, flat_draws
 from pyro_nf.diagnostics.psis import psis
 from pyro_nf.diagnostics.reference import run_nuts
 
@@ -328,6 +329,20 @@ def reference_path(name: str) -> Path:
     return REFERENCE_DIR / f"{name}.json"
 
 
+def _reported(
+    coords: Callable[[dict[str, torch.Tensor], int], torch.Tensor],
+) -> Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+    """``run_nuts``'s ``derived``: a problem's reported coordinates as the posterior variable
+    ``reported`` of shape ``(chains, draws, P)``."""
+
+    def derived(samples: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        chains, draws = next(iter(samples.values())).shape[:2]
+        flat = {k: v.reshape(chains * draws, *v.shape[2:]) for k, v in samples.items()}
+        return {"reported": coords(flat, chains * draws).double().reshape(chains, draws, -1)}
+
+    return derived
+
+
 def nuts_reference(
     model: Callable[..., Any],
     args: tuple,
@@ -346,10 +361,10 @@ def nuts_reference(
     :func:`pyro_nf.diagnostics.reference.run_nuts`.
 
     Chains run one after another (cheap on a shared machine), each seeded ``seed + c`` and
-    initialised by ``init_to_sample`` from the prior. Split-:math:`\hat R` and the effective
-    sample size (``pyro.ops.stats``) of every reported coordinate go into ``settings``; a
-    ``RuntimeError`` is raised if any :math:`\hat R` exceeds ``max_rhat`` (the reference would
-    not be trustworthy).
+    initialised by ``init_to_sample`` from the prior. The rank-normalized split-:math:`\hat R`
+    and the bulk/tail effective sample sizes (``az.rhat``, ``az.ess``) of every reported
+    coordinate go into ``settings``; a ``RuntimeError`` is raised if any :math:`\hat R`
+    exceeds ``max_rhat`` (the reference would not be trustworthy).
 
     Example:
         >>> p = eight_schools_problem(centered=False)
@@ -358,10 +373,10 @@ def nuts_reference(
         >>> len(ref.mean), ref.settings["num_chains"]  # doctest: +SKIP
         (10, 4)
     """
-    out = run_nuts(
+    idata = run_nuts(
         model,
-        args,
-        coords,
+        *args,
+        derived=_reported(coords),
         num_chains=num_chains,
         warmup=warmup,
         num_samples=num_samples,
@@ -369,17 +384,21 @@ def nuts_reference(
         target_accept_prob=target_accept_prob,
         progress=progress,
     )
-    rhat, ess = out.rhat, out.ess
-    flat = out.draws.reshape(-1, out.draws.shape[-1])
+    draws, _ = flat_draws(idata, ["reported"])
+    conv = flat_convergence(idata, ["reported"])
+    rhat, ess = conv["rhat"], conv["ess_bulk"]
+    flat = draws.reshape(-1, draws.shape[-1])
     settings = {
-        **out.info,
+        **dict(idata.attrs),
         "rhat": [float(r) for r in rhat],
         "ess": [float(e) for e in ess],
+        "ess_tail": [float(e) for e in conv["ess_tail"]],
+        "min_ess": float(ess.min()),
         "mcse_mean_over_sd_max": float((1.0 / ess.sqrt()).max()),
     }
     if not bool((rhat <= max_rhat).all()):
         raise RuntimeError(
-            f"NUTS reference: split R-hat up to {float(rhat.max()):.4f} > {max_rhat}; "
+            f"NUTS reference: rank-normalized R-hat up to {float(rhat.max()):.4f} > {max_rhat}; "
             "run longer (more warmup/samples) before trusting it"
         )
     return Reference(

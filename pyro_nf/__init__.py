@@ -7,10 +7,12 @@ The package reads bottom-up; each folder is one layer and imports only from the 
 * :mod:`pyro_nf.transforms` — the bijections, each with both directions and log-determinants;
 * :mod:`pyro_nf.flows` — layers, :class:`Flow` (``flow(context)`` is a :class:`FlowDistribution`),
   the builders :func:`planar`, :func:`radial`, :func:`iaf`, :func:`maf`, :func:`nice`,
-  :func:`realnvp`, :func:`stack`, and the one family registry;
+  :func:`realnvp`, :func:`spline_autoregressive`, :func:`spline_coupling`, :func:`stack`, and
+  the one family registry;
 * :mod:`pyro_nf.training` — the one loop, :func:`train`;
 * :mod:`pyro_nf.diagnostics` — PSIS, importance weights, the trust report, NUTS references;
-* :mod:`pyro_nf.infer` — :class:`FlowGuide` and :func:`fit` for any Pyro model;
+* :mod:`pyro_nf.infer` — :class:`FlowGuide` and :func:`fit` for any Pyro model, and
+  :func:`refine` (NUTS in the flow's base space) for exact draws;
 * :mod:`pyro_nf.density` — maximum likelihood and reverse-KL fits, 2D targets;
 * :mod:`pyro_nf.vae` — VAEs with flow encoders;
 * :mod:`pyro_nf.datasets`, :mod:`pyro_nf.plotting`, :mod:`pyro_nf.cli` — the edge.
@@ -45,6 +47,7 @@ from .diagnostics import (
     psis,
     psis_khat,
     reweighted_summary,
+    run_nuts,
     to_inference_data,
 )
 from .flows import (
@@ -59,15 +62,28 @@ from .flows import (
     PermuteLayer,
     PlanarLayer,
     RadialLayer,
+    SplineAutoregressiveLayer,
+    SplineCouplingLayer,
     iaf,
     maf,
     nice,
     planar,
     radial,
     realnvp,
+    spline_autoregressive,
+    spline_coupling,
     stack,
 )
-from .infer import AmortizedFlowGuide, ConvergenceWarning, FlowGuide, RenyiBound, fit, make_elbo
+from .infer import (
+    AmortizedFlowGuide,
+    ConvergenceWarning,
+    FlowGuide,
+    RefinementWarning,
+    RenyiBound,
+    fit,
+    make_elbo,
+    refine,
+)
 from .training import EarlyStopping, History, train
 
 __version__ = "0.1.0"
@@ -142,7 +158,10 @@ __all__ = [
     "PermuteLayer",
     "PlanarLayer",
     "RadialLayer",
+    "RefinementWarning",
     "RenyiBound",
+    "SplineAutoregressiveLayer",
+    "SplineCouplingLayer",
     "TrustReport",
     "build_flow",
     "datasets",
@@ -167,8 +186,12 @@ __all__ = [
     "psis_khat",
     "radial",
     "realnvp",
+    "refine",
     "reverse_kl",
     "reweighted_summary",
+    "run_nuts",
+    "spline_autoregressive",
+    "spline_coupling",
     "stack",
     "targets",
     "to_inference_data",

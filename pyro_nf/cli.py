@@ -1,7 +1,11 @@
 """The ``pyro-nf`` command: ``demo``, ``fit-density``, ``sample`` and ``bench``.
 
 Every subcommand has ``--help`` (each option with its default) and ``pyro-nf --version`` prints
-the version. The command never shows a traceback: every failure is ONE line on stderr,
+the version. ``demo`` and ``fit-density`` show progress bars on stderr when it is a terminal
+(``--quiet``: none). ``demo`` compares Gaussian guides and the default
+:class:`~pyro_nf.FlowGuide` on the centered eight schools funnel against a NUTS reference
+shipped as package data (:func:`demo_reference`). ``fit-density`` keeps the CSV header's column
+names in the model file, and ``sample`` writes them as its header line (``--no-header``: none). The command never shows a traceback: every failure is ONE line on stderr,
 ``pyro-nf <command>: <what went wrong>``, naming the argument or flag as the user typed it, with
 exit status 2 (130 when interrupted with Ctrl-C). Input is checked before any expensive work:
 the CSV file (UTF-8, a header, numbers, finite values; errors give CSV line numbers with the
@@ -36,7 +40,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "cli_families", "demo_reference", "main"]
 
 BENCHMARKS = {
     "flow-speed": "flow_speed.py",
@@ -45,7 +49,22 @@ BENCHMARKS = {
     "vae": "vae.py",
     "hard-posteriors": "hard_posteriors.py",
 }
-FAMILIES = ("maf", "iaf", "realnvp", "nice", "planar", "radial")
+#: registered families fit-density does not offer by name (no depth/hidden to set, or a stack)
+NOT_CLI_FAMILIES = ("gaussian", "diagonal", "stack")
+
+
+def cli_families() -> list[str]:
+    """The flow families ``fit-density --flow`` accepts: every registered one but
+    :data:`NOT_CLI_FAMILIES` (so a newly registered family appears without a CLI change).
+
+    Example:
+        >>> {"maf", "spline_coupling"} <= set(cli_families())
+        True
+    """
+    from .flows.registry import family_names
+
+    return [name for name in family_names() if name not in NOT_CLI_FAMILIES]
+
 
 #: exit statuses: a failure of any kind, and an interrupt (Ctrl-C, SIGINT)
 EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
@@ -71,8 +90,44 @@ class CLIError(Exception):
 
 # -- demo -----------------------------------------------------------------------------------------
 
+#: the NUTS reference of the demo's eight schools posterior: package data in pyro_nf/datasets/,
+#: computed once by benchmarks/reference/make_demo_reference.py (the demo never runs NUTS)
+DEMO_REFERENCE = "eight_schools_nuts.json"
+#: guide draws behind each error of the eight schools table
+DEMO_DRAWS = 4000
 
-def _demo_energies(out: Path, steps: int, seed: int) -> list[dict[str, Any]]:
+
+def demo_reference() -> dict[str, Any]:
+    """The shipped NUTS reference of eight schools (read with ``importlib.resources``): per
+    parameter (``mu``, ``tau``, ``theta[0..7]``) mean, sd, quantiles and 1000 thinned draws,
+    the joint density of ``(theta[0], log tau)`` and the provenance (seed, chains, R-hat).
+
+    A missing or damaged file is a one-line :class:`CLIError`.
+
+    Example:
+        >>> ref = demo_reference()
+        >>> ref["names"][:2], ref["provenance"]["max_rhat"] < 1.01
+        (['mu', 'tau'], True)
+    """
+    from importlib import resources
+
+    where = f"pyro_nf/datasets/{DEMO_REFERENCE}"
+    try:
+        folder = resources.files("pyro_nf.datasets")
+        ref = json.loads(folder.joinpath(DEMO_REFERENCE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # missing (FileNotFoundError), not JSON, not UTF-8
+        raise CLIError(
+            f"the NUTS reference {where} is missing or unreadable ({type(err).__name__}); this "
+            "installation of pyro-nf lacks its package data: reinstall it"
+        ) from None
+    fields = ("names", "mean", "sd", "data", "draws", "funnel_histogram", "provenance")
+    missing = [f for f in fields if not isinstance(ref, dict) or f not in ref]
+    if missing:
+        raise CLIError(f"the NUTS reference {where} is damaged (no field {missing[0]!r})")
+    return ref
+
+
+def _demo_energies(out: Path, steps: int, seed: int, progress: bool | None) -> list[dict[str, Any]]:
     """Fit planar, radial and IAF flows to U1 and U2 by reverse KL; plot them, return the rows."""
     from .density.targets import get_target
     from .flows.builders import iaf, planar, radial
@@ -82,31 +137,34 @@ def _demo_energies(out: Path, steps: int, seed: int) -> list[dict[str, Any]]:
         target = get_target(energy)
         for family, builder in (("planar", planar), ("radial", radial), ("iaf", iaf)):
             depth = 4 if family == "iaf" else 16
-            row, flow = _fit_energy(energy, target, family, builder, depth, steps, seed)
+            method = (energy, family, depth)
+            row, flow, kl = _fit_energy(method, target, builder, steps, seed, progress)
             rows.append(row)
-            fitted.append((energy, family, depth, target, flow))
+            fitted.append((energy, family, depth, target, flow, kl))
     _plot_energies(fitted, out / "demo_energies.png")
     return rows
 
 
 def _fit_energy(
-    energy: str,
+    method: tuple[str, str, int],
     target: Any,
-    family: str,
     builder: Callable[..., Any],
-    depth: int,
     steps: int,
     seed: int,
-) -> tuple[dict[str, Any], Any]:
-    """Fit one seeded 2D flow to ``target`` by reverse KL: its table row and the fitted flow."""
+    progress: bool | None,
+) -> tuple[dict[str, Any], Any, tuple[float, float]]:
+    """Fit one seeded 2D flow ``(energy, family, depth)`` to ``target`` by reverse KL: its table
+    row, the fitted flow and its ``(KL, standard error)``."""
     import torch
 
     from .density.reverse_kl import fit_reverse_kl, kl_estimate
 
+    energy, family, depth = method
     torch.manual_seed(seed)
     flow = builder(2, depth=depth)
     start = time.perf_counter()
-    fit_reverse_kl(flow, target, steps=steps, progress=False)
+    desc = f"{energy} {family} K={depth}"
+    fit_reverse_kl(flow, target, steps=steps, progress=progress, desc=desc)
     elapsed = time.perf_counter() - start
     kl, se, _ = kl_estimate(flow, target, num_samples=20000)
     row = {
@@ -115,11 +173,11 @@ def _fit_energy(
         "KL(q||p) nats": f"{float(kl):.4f} ± {float(se):.4f}",
         "time s": f"{elapsed:.1f}",
     }
-    return row, flow
+    return row, flow, (float(kl), float(se))
 
 
-def _plot_energies(fitted: list, path: Path) -> None:
-    """One row of panels per energy: the target, then each fitted flow's density."""
+def _pyplot(path: Path) -> Any:
+    """``matplotlib.pyplot`` on the Agg backend, or ``None`` (with a note) without matplotlib."""
     try:
         import matplotlib
 
@@ -127,50 +185,64 @@ def _plot_energies(fitted: list, path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:  # pragma: no cover - matplotlib is in the examples extra
         print("matplotlib is not installed (pip install 'pyro-nf[examples]'): skipping", path.name)
+        return None
+    return plt
+
+
+def _plot_energies(fitted: list, path: Path) -> None:
+    """One row of panels per energy: the target, then each fitted flow's density, each with a
+    colorbar, axis labels and (for a flow) its KL in the title."""
+    plt = _pyplot(path)
+    if plt is None:  # pragma: no cover
         return
     from .plotting import plot_density_2d
 
     energies = sorted({e for e, *_ in fitted})
-    methods = [(f, d) for e, f, d, *_ in fitted if e == energies[0]]
+    cols = 1 + len([e for e, *_ in fitted if e == energies[0]])
     fig, axes = plt.subplots(
-        len(energies), len(methods) + 1, figsize=(3 * (len(methods) + 1), 3 * len(energies))
+        len(energies), cols, figsize=(3.6 * cols, 3.3 * len(energies)), layout="constrained"
     )
     for i, energy in enumerate(energies):
         entries = [x for x in fitted if x[0] == energy]
-        plot_density_2d(entries[0][3], ax=axes[i, 0], lim=4.0, title=f"exp(-{energy})")
-        for j, (_, family, depth, _, flow) in enumerate(entries, start=1):
-            plot_density_2d(flow(), ax=axes[i, j], lim=4.0, title=f"{family} K={depth}")
-    fig.tight_layout()
+        target = entries[0][3]
+        title = f"target p = exp(-{energy}) / Z\nlog Z = {target.log_normalizer:.3f}"
+        plot_density_2d(
+            target.normalized_log_prob, ax=axes[i, 0], lim=4.0, n=120, title=title, colorbar=True
+        )
+        for j, (_, family, depth, _, flow, (kl, se)) in enumerate(entries, start=1):
+            title = f"{family} K={depth}\nKL(q||p) = {kl:.3f} ± {se:.3f} nats"
+            plot_density_2d(flow(), ax=axes[i, j], lim=4.0, n=120, title=title, colorbar=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-EIGHT_SCHOOLS_Y = [28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0]
-EIGHT_SCHOOLS_SIGMA = [15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0]
-
-
 def _eight_schools(y: Any, sigma: Any) -> None:
-    """The non-centered eight schools model, as a Pyro model."""
+    """The centered eight schools model (Rubin 1981), whose posterior is a funnel in
+    ``(theta, log tau)``: ``mu ~ N(0, 5^2)``, ``tau ~ HalfCauchy(5)``,
+    ``theta_j ~ N(mu, tau^2)``, ``y_j ~ N(theta_j, sigma_j^2)``."""
     import pyro
     import pyro.distributions as dist
 
-    mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
-    tau = pyro.sample("tau", dist.HalfCauchy(5.0))
-    with pyro.plate("schools", len(y)):
-        theta_raw = pyro.sample("theta_raw", dist.Normal(0.0, 1.0))
-        pyro.sample("y", dist.Normal(mu + tau * theta_raw, sigma), obs=y)
+    mu = pyro.sample("mu", dist.Normal(y.new_tensor(0.0), 5.0))
+    tau = pyro.sample("tau", dist.HalfCauchy(y.new_tensor(5.0)))
+    with pyro.plate("schools", y.shape[-1]):
+        theta = pyro.sample("theta", dist.Normal(mu, tau))
+        pyro.sample("y", dist.Normal(theta, sigma), obs=y)
 
 
-def _demo_bayes(out: Path, steps: int, seed: int) -> list[dict[str, Any]]:
-    """Fit Pyro's autoguides and flow guides to eight schools; plot tau, return the rows."""
+def _demo_bayes(
+    out: Path, steps: int, seed: int, progress: bool | None, ref: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Fit Gaussian autoguides and the default FlowGuide to eight schools; compare each with
+    the NUTS reference ``ref`` (table and figure); return the rows."""
     import torch
 
-    y, sigma = torch.tensor(EIGHT_SCHOOLS_Y), torch.tensor(EIGHT_SCHOOLS_SIGMA)
-    rows, taus = [], {}
+    y, sigma = (torch.tensor(ref["data"][k]) for k in ("y", "sigma"))
+    rows, draws = [], {}
     for name, make in _eight_schools_guides().items():
-        row, taus[name] = _fit_guide(name, make, y, sigma, steps, seed)
+        row, draws[name] = _fit_guide(name, make, (y, sigma), steps, seed, progress, ref)
         rows.append(row)
-    _plot_taus(taus, out / "demo_eight_schools.png")
+    _plot_eight_schools(draws, rows, ref, out / "demo_eight_schools.png")
     return rows
 
 
@@ -181,19 +253,24 @@ def _eight_schools_guides() -> dict[str, Callable[[], Any]]:
     from .infer.guides import FlowGuide
 
     return {
-        "Pyro AutoNormal": lambda: AutoNormal(_eight_schools),
-        "Pyro AutoMultivariateNormal": lambda: AutoMultivariateNormal(_eight_schools),
-        "pyro-nf FlowGuide (IAF)": lambda: FlowGuide(_eight_schools, flow="iaf"),
-        "pyro-nf FlowGuide (planar)": lambda: FlowGuide(_eight_schools, flow="planar"),
+        "AutoNormal (diagonal Gaussian)": lambda: AutoNormal(_eight_schools),
+        "AutoMultivariateNormal (Gaussian)": lambda: AutoMultivariateNormal(_eight_schools),
+        "FlowGuide (pyro-nf default)": lambda: FlowGuide(_eight_schools),
     }
 
 
 def _fit_guide(
-    name: str, make: Callable[[], Any], y: Any, sigma: Any, steps: int, seed: int
+    name: str,
+    make: Callable[[], Any],
+    data: tuple[Any, Any],
+    steps: int,
+    seed: int,
+    progress: bool | None,
+    ref: dict[str, Any],
 ) -> tuple[dict[str, Any], Any]:
-    """Fit one seeded guide to eight schools: its table row and 2000 posterior draws of tau."""
+    """Fit one seeded guide to eight schools: its table row (ELBO, k-hat, errors against
+    ``ref``) and :data:`DEMO_DRAWS` draws ``(S, 10)`` of ``mu, tau, theta``."""
     import pyro
-    import torch
 
     from .diagnostics.report import diagnose
     from .infer.svi import fit
@@ -202,52 +279,121 @@ def _fit_guide(
     pyro.set_rng_seed(seed)
     guide = make()
     start = time.perf_counter()
-    fit(
-        _eight_schools,
-        guide,
-        y,
-        sigma,
-        steps=steps,
-        num_particles=8,
-        progress=False,
-        early_stopping=None,
-    )
+    fit(_eight_schools, guide, *data, steps=steps, num_particles=8, early_stopping=None,
+        progress=progress, desc=name.split(" (")[0])  # fmt: skip
     elapsed = time.perf_counter() - start
-    report = diagnose(_eight_schools, guide, y, sigma, num_samples=2000)
+    report = diagnose(_eight_schools, guide, *data, num_samples=2000)
+    draws = _guide_draws(guide, data, DEMO_DRAWS)
+    errors = _reference_errors(draws, ref)
     row = {
-        "problem": "eight schools (non-centered)",
         "method": name,
         "ELBO": f"{report.elbo:.3f} ± {report.elbo_se:.3f}",
         "k-hat": f"{report.khat:.2f} ({report.verdict})",
+        "mean err (sd)": f"{errors['mean_err']:.2f} ({errors['mean_err_at']})",
+        "log-sd err": f"{errors['log_sd_err']:.2f} ({errors['log_sd_err_at']})",
+        "sd of tau": f"{float(draws[:, 1].std()):.2f} (NUTS {ref['sd'][1]:.2f})",
         "time s": f"{elapsed:.1f}",
     }
-    with torch.no_grad():
-        tau = torch.stack([guide()["tau"] for _ in range(2000)]).reshape(-1)
-    return row, tau
+    return {**row, **{k: errors[k] for k in ("mean_err", "log_sd_err")}}, draws
 
 
-def _plot_taus(taus: dict, path: Path) -> None:
-    """Overlaid histograms of each guide's posterior draws of tau."""
-    try:
-        import matplotlib
+def _guide_draws(guide: Callable[..., Any], data: tuple[Any, Any], n: int) -> Any:
+    """``n`` vectorized draws of the guide: ``(n, 10)``, the columns ``mu, tau, theta[0..7]``."""
+    import pyro
+    import torch
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover
+    with torch.no_grad(), pyro.plate("draws", n, dim=-2):
+        z = guide(*data)
+    parts = [z["mu"].reshape(n, 1), z["tau"].reshape(n, 1), z["theta"].reshape(n, -1)]
+    return torch.cat(parts, dim=-1).double()
+
+
+def _reference_errors(draws: Any, ref: dict[str, Any]) -> dict[str, Any]:
+    """Errors of ``draws`` ``(S, P)`` against the reference, over its ``P`` parameters:
+    ``mean_err = max_j |mean_j - mean_ref_j| / sd_ref_j`` and
+    ``log_sd_err = max_j |log(sd_j / sd_ref_j)|``, with the parameter where each is largest.
+
+    Example:
+        >>> import torch
+        >>> ref = {"names": ["a", "b"], "mean": [0.0, 1.0], "sd": [1.0, 4.0]}
+        >>> draws = torch.tensor([[-1.0, 2.0], [1.0, 4.0]])  # means 0, 3; sds 1.41, 1.41
+        >>> e = _reference_errors(draws, ref)  # b: |3 - 1| / 4 = 0.5, |log(1.41 / 4)| = 1.04
+        >>> round(e["mean_err"], 3), e["mean_err_at"], round(e["log_sd_err"], 3), e["log_sd_err_at"]
+        (0.5, 'b', 1.04, 'b')
+    """
+    import torch
+
+    mean, sd = (torch.tensor(ref[k], dtype=draws.dtype) for k in ("mean", "sd"))
+    mean_err = (draws.mean(0) - mean).abs() / sd
+    log_sd_err = (draws.std(0) / sd).log().abs()
+    names = ref["names"]
+    return {
+        "mean_err": float(mean_err.max()),
+        "mean_err_at": names[int(mean_err.argmax())],
+        "log_sd_err": float(log_sd_err.max()),
+        "log_sd_err_at": names[int(log_sd_err.argmax())],
+    }
+
+
+def _plot_eight_schools(draws: dict, rows: list, ref: dict[str, Any], path: Path) -> None:
+    """The posterior of tau under each guide against NUTS, then one funnel panel per guide:
+    its draws of ``(theta[0], log tau)`` over the NUTS density (colorbar), errors in titles."""
+    plt = _pyplot(path)
+    if plt is None:  # pragma: no cover
         return
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, tau in taus.items():
-        ax.hist(tau.clamp(max=30).numpy(), bins=60, density=True, histtype="step", label=name)
-    ax.set_xlabel("tau (between-school sd)")
-    ax.set_title("eight schools: posterior of tau under each guide")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    import numpy as np
+
+    fig, axes = plt.subplots(
+        1, 1 + len(draws), figsize=(4.2 * (1 + len(draws)), 4.0), layout="constrained"
+    )
+    _plot_tau_marginals(axes[0], draws, ref, np)
+    hist = ref["funnel_histogram"]
+    extent = (*hist["x_range"], *hist["y_range"])
+    for ax, (name, z), row in zip(axes[1:], draws.items(), rows, strict=True):
+        image = ax.imshow(np.asarray(hist["density"]), origin="lower", extent=extent,
+                          aspect="auto", cmap="Greys", interpolation="nearest")  # fmt: skip
+        ax.scatter(z[:500, 2].numpy(), z[:500, 1].log().numpy(), s=3, alpha=0.5, color="C3",
+                   linewidths=0, label=f"{name.split(' (')[0]} draws")  # fmt: skip
+        ax.set_xlim(*hist["x_range"])
+        ax.set_ylim(*hist["y_range"])
+        ax.set_xlabel("theta[0] (effect of school A)")
+        ax.set_ylabel("log tau")
+        ax.set_title(
+            f"{name}\nELBO {row['ELBO']}\nerror vs NUTS: mean {row['mean_err']:.2f} sd, "
+            f"log-sd {row['log_sd_err']:.2f}",
+            fontsize=9,
+        )
+        ax.legend(loc="lower right", fontsize=7)
+    fig.colorbar(image, ax=axes[1:], label="NUTS posterior density of (theta[0], log tau)")
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
+def _plot_tau_marginals(ax: Any, draws: dict, ref: dict[str, Any], np: Any) -> None:
+    """Histograms of tau: the NUTS reference (filled) and each guide (outlines)."""
+    bins = np.linspace(0.0, 25.0, 51)
+    ax.hist(np.asarray(ref["draws"]["tau"]), bins=bins, density=True, color="0.8",
+            label=f"NUTS ({_provenance(ref)})")  # fmt: skip
+    for name, z in draws.items():
+        ax.hist(z[:, 1].clamp(max=25.0).numpy(), bins=bins, density=True, histtype="step",
+                lw=1.5, label=name.split(" (")[0])  # fmt: skip
+    ax.set_xlabel("tau (sd between schools)")
+    ax.set_ylabel("posterior density")
+    ax.set_title("eight schools (centered): posterior of tau", fontsize=9)
+    ax.legend(fontsize=7)
+
+
+def _provenance(ref: dict[str, Any]) -> str:
+    """The reference's provenance in a few words: chains, draws, R-hat."""
+    p = ref["provenance"]
+    draws = p["num_chains"] * p["num_samples_per_chain"]
+    return f"{p['num_chains']} chains, {draws} draws, R-hat {p['max_rhat']:.3f}"
+
+
 def _print_table(rows: list[dict[str, Any]]) -> str:
-    """Print ``rows`` as an aligned text table (columns in order of appearance); return it."""
+    """Print ``rows`` as an aligned text table (columns in order of appearance; numbers that
+    are not strings are left out: they are for the JSON); return it."""
+    rows = [{k: v for k, v in r.items() if isinstance(v, str)} for r in rows]
     keys: list[str] = []
     for row in rows:
         keys += [k for k in row if k not in keys]
@@ -270,18 +416,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(1)
     logging.getLogger("pyro").setLevel(logging.WARNING)  # no "Guessed max_plate_nesting" chatter
+    ref = demo_reference()  # before any work: a missing file fails at once
     out = _out_dir(args.out)
     steps = 300 if args.quick else args.steps
+    progress = False if args.quiet else None  # bars on stderr when it is a terminal
     start = time.perf_counter()
     print(f"pyro-nf demo: 2D energies with exact log Z (reverse KL, {steps} steps each)")
-    energy_rows = _demo_energies(out, steps, args.seed)
+    energy_rows = _demo_energies(out, steps, args.seed, progress)
     _print_table(energy_rows)
-    print(f"\nBayesian model: eight schools, {steps} SVI steps per guide, 8 particles")
-    bayes_rows = _demo_bayes(out, steps, args.seed)
-    _print_table(bayes_rows)
-    (out / "demo_results.json").write_text(
-        json.dumps({"energies": energy_rows, "bayes": bayes_rows}, indent=2)
+    print(
+        f"\nBayesian model: eight schools (centered: a funnel), {steps} SVI steps per guide, "
+        f"8 particles;\nerrors against NUTS ({_provenance(ref)}; shipped with pyro-nf): "
+        "mean err = max |mean - NUTS mean| / NUTS sd, log-sd err = max |log(sd / NUTS sd)|"
     )
+    bayes_rows = _demo_bayes(out, steps, args.seed, progress, ref)
+    _print_table(bayes_rows)
+    results = {"energies": energy_rows, "bayes": bayes_rows, "reference": ref["provenance"]}
+    (out / "demo_results.json").write_text(json.dumps(results, indent=2))
     print(
         f"\nwrote {out / 'demo_energies.png'}, {out / 'demo_eight_schools.png'}, {out / 'demo_results.json'}"
         f" in {time.perf_counter() - start:.0f} s"
@@ -360,6 +511,8 @@ class _Table:
         names = (names + [""] * width)[:width]
         self.labels = [f"column {n!r}" if n else f"column {j + 1}" for j, n in enumerate(names)]
         same = self.header_line and len(first) == width
+        #: the header's column names, when it names every column (kept with the fitted model)
+        self.names = names if same and all(names) else None
         self.like = "the header" if same else f"line {self.rows[0][0] if self.rows else 1}"
         head = f"header = line {self.header_line}" if self.header_line else "no header line"
         self.where = f"(CSV line numbers, {head})"
@@ -401,9 +554,12 @@ def _nonfinite_message(table: _Table, bad: list[tuple[int, str, str]]) -> str:
     )
 
 
-def _read_csv(path: str, drop_nonfinite: bool = False) -> tuple[Any, list[str], list[int]]:
-    """The data rows of a CSV file as a float64 tensor ``(N, D)``, the column labels and the
-    line numbers of the rows dropped for NaN/inf (with ``drop_nonfinite``; else they raise).
+def _read_csv(
+    path: str, drop_nonfinite: bool = False
+) -> tuple[Any, list[str], list[int], list[str] | None]:
+    """The data rows of a CSV file as a float64 tensor ``(N, D)``, the column labels, the line
+    numbers of the rows dropped for NaN/inf (with ``drop_nonfinite``; else they raise) and the
+    header's column names (``None`` without a header naming every column).
 
     A first row that is not all numbers is the header. Every problem is a CLIError naming the
     CSV line (header = line 1) and column.
@@ -412,9 +568,9 @@ def _read_csv(path: str, drop_nonfinite: bool = False) -> tuple[Any, list[str], 
         >>> import tempfile, os
         >>> path = os.path.join(tempfile.mkdtemp(), "d.csv")
         >>> _ = open(path, "w").write("a,b\\n1,2\\nnan,4\\n5,6\\n")
-        >>> x, labels, dropped = _read_csv(path, drop_nonfinite=True)
-        >>> x.tolist(), labels, dropped
-        ([[1.0, 2.0], [5.0, 6.0]], ["column 'a'", "column 'b'"], [3])
+        >>> x, labels, dropped, names = _read_csv(path, drop_nonfinite=True)
+        >>> x.tolist(), labels, dropped, names
+        ([[1.0, 2.0], [5.0, 6.0]], ["column 'a'", "column 'b'"], [3], ['a', 'b'])
     """
     import torch
 
@@ -430,7 +586,8 @@ def _read_csv(path: str, drop_nonfinite: bool = False) -> tuple[Any, list[str], 
     values = [v for (line, _), v in zip(table.rows, values, strict=True) if line not in dropped]
     if not values:
         raise CLIError(f"data: every data row of {path} holds NaN or inf; nothing is left to fit")
-    return torch.tensor(values, dtype=torch.float64), table.labels, sorted(dropped)
+    x = torch.tensor(values, dtype=torch.float64)
+    return x, table.labels, sorted(dropped), table.names
 
 
 def _check_fittable(x: Any, labels: list[str]) -> None:
@@ -487,11 +644,34 @@ def _reason(err: OSError) -> str:
     return os.strerror(err.errno) if err.errno else str(err) or type(err).__name__
 
 
-def _save_with_fallback(estimator: Any, out: Path) -> None:
+#: the field of a model file written by fit-density that holds the CSV header's column names
+COLUMNS_FIELD = "columns"
+
+
+def _save_model(estimator: Any, path: str | os.PathLike, columns: list[str] | None) -> None:
+    """Write ``estimator`` as :meth:`DensityEstimator.save` does (same format, atomic), plus
+    the CSV header's column names under :data:`COLUMNS_FIELD`, covered by the file's integrity
+    record (``DensityEstimator.load`` reads the file as usual and ignores the field)."""
+    from .density.persistence import estimator_payload
+    from .training import checkpoint, integrity
+
+    bad = _nonfinite_parameters(estimator)
+    if bad:
+        raise CLIError(
+            f"the fitted model holds NaN or inf parameters ({bad[0]}); nothing was saved"
+        )
+    payload = estimator_payload(estimator)
+    if columns is not None:
+        payload[COLUMNS_FIELD] = list(columns)
+        payload[integrity.INTEGRITY_KEY] = integrity.integrity_record(payload)
+    checkpoint.atomic_save(payload, os.fspath(path), argname="--out")
+
+
+def _save_with_fallback(estimator: Any, out: Path, columns: list[str] | None = None) -> None:
     """Save to ``out``; if that fails, save to a new file in the current or the temporary
     directory and raise a CLIError saying where the model is."""
     try:
-        estimator.save(out)
+        _save_model(estimator, out, columns)
         return
     except OSError as err:
         reason = _reason(err)
@@ -501,7 +681,7 @@ def _save_with_fallback(estimator: Any, out: Path) -> None:
                 dir=folder, prefix=f"{out.stem or 'model'}-", suffix=out.suffix or ".pt"
             )
             os.close(fd)
-            estimator.save(name)
+            _save_model(estimator, name, columns)
         except OSError:
             continue
         raise CLIError(
@@ -523,6 +703,10 @@ _CLI_NAMES = {
     "depth": "--depth",
     "flow": "--flow",
     "drop_nonfinite": "--drop-nonfinite",
+    "n": "-n",
+    "seed": "--seed",
+    "standardize": "--no-standardize",
+    "path": "model",
 }
 
 
@@ -559,7 +743,7 @@ def _fit(args: argparse.Namespace, x: Any) -> tuple[Any, Any]:
             batch_size=args.batch_size,
             val_fraction=args.val_fraction,
             lr=args.lr,
-            progress=not args.quiet,
+            progress=False if args.quiet else None,  # a bar when stderr is a terminal
         )
     except KeyboardInterrupt:
         raise CLIError("interrupted during the fit; nothing was saved", EXIT_INTERRUPTED) from None
@@ -578,7 +762,7 @@ def cmd_fit_density(args: argparse.Namespace) -> int:
 
     torch.manual_seed(args.seed)
     out = _check_out_file(args.out)
-    x, labels, dropped = _read_csv(args.data, args.drop_nonfinite)
+    x, labels, dropped, names = _read_csv(args.data, args.drop_nonfinite)
     _check_fittable(x, labels)
     if dropped:
         lines = ", ".join(map(str, dropped[:5])) + (", ..." if len(dropped) > 5 else "")
@@ -594,7 +778,7 @@ def cmd_fit_density(args: argparse.Namespace) -> int:
             f"the fitted model gives a non-finite log-likelihood ({-nll}) on data; nothing was "
             "saved; try a smaller --lr, or rescale the columns"
         )
-    _save_with_fallback(estimator, out)
+    _save_with_fallback(estimator, out, names)
     print(
         f"fitted {args.flow} (depth {args.depth}) to {x.shape[0]} rows x {x.shape[1]} columns: "
         f"mean log-likelihood {-nll:.4f} nats/row; {history.stop_reason} after {history.num_steps} steps"
@@ -605,8 +789,6 @@ def cmd_fit_density(args: argparse.Namespace) -> int:
 
 def _load_model(path: str) -> Any:
     """The density model saved at ``path``; a CLIError unless it loads with finite parameters."""
-    import torch
-
     from .density.estimator import DensityEstimator
 
     p = Path(path)
@@ -620,16 +802,46 @@ def _load_model(path: str) -> Any:
         detail = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
         detail = detail.removeprefix("path: ")
         raise CLIError(f"model: {path} is not a usable pyro-nf density model ({detail})") from None
-    bad = [
-        name
-        for name, t in estimator.state_dict().items()
-        if t.is_floating_point() and not bool(torch.isfinite(t).all())
-    ]
+    bad = _nonfinite_parameters(estimator)
     if bad:
         raise CLIError(
             f"model: {path} holds NaN or inf parameters ({', '.join(bad[:3])}); refit it"
         )
     return estimator
+
+
+def _nonfinite_parameters(estimator: Any) -> list[str]:
+    """The names of the estimator's floating-point tensors that hold NaN or inf."""
+    import torch
+
+    return [
+        name
+        for name, t in estimator.state_dict().items()
+        if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+
+
+def _saved_columns(path: str, dim: int) -> list[str] | None:
+    """The CSV column names stored in the model file ``path`` by fit-density (``None`` for a
+    model without them, e.g. one saved by ``DensityEstimator.save``)."""
+    from .density.persistence import read_estimator_file
+
+    try:
+        columns = read_estimator_file(path).get(COLUMNS_FIELD)
+    except ValueError as err:  # it loaded a moment ago: changed since
+        raise CLIError(f"model: {path} is not a usable pyro-nf density model ({err})") from None
+    if columns is None:
+        return None
+    if not (
+        isinstance(columns, list)
+        and len(columns) == dim
+        and all(isinstance(c, str) and c for c in columns)
+    ):
+        raise CLIError(
+            f"model: {path} has a bad field {COLUMNS_FIELD!r}: expected {dim} column names, "
+            f"got {columns!r:.80}"
+        )
+    return columns
 
 
 def _draw(estimator: Any, n: int, model: str) -> list[list[float]]:
@@ -650,11 +862,12 @@ def _draw(estimator: Any, n: int, model: str) -> list[list[float]]:
     return samples.tolist()
 
 
-def _write_csv(rows: list[list[float]], out: Path | None) -> None:
-    """Write ``rows`` (8 significant digits) to stdout, or to the file ``out``."""
+def _write_csv(rows: list[list[float]], out: Path | None, header: list[str] | None) -> None:
+    """Write ``header`` (if any) and ``rows`` (8 significant digits) to stdout, or to the file
+    ``out``."""
     if out is None:
         try:
-            _write_rows(sys.stdout, rows)
+            _write_rows(sys.stdout, rows, header)
             sys.stdout.flush()
         except BrokenPipeError:
             _silence_stdout()
@@ -662,14 +875,17 @@ def _write_csv(rows: list[list[float]], out: Path | None) -> None:
         return
     try:
         with out.open("w", newline="") as handle:
-            _write_rows(handle, rows)
+            _write_rows(handle, rows, header)
     except OSError as err:
         raise CLIError(f"--out: could not write {out} ({_reason(err)})") from None
 
 
-def _write_rows(handle: Any, rows: list[list[float]]) -> None:
-    """Write ``rows`` to ``handle`` as CSV, each value with 8 significant digits."""
+def _write_rows(handle: Any, rows: list[list[float]], header: list[str] | None = None) -> None:
+    """Write ``header`` (if any) and ``rows`` to ``handle`` as CSV, each value with 8
+    significant digits."""
     writer = csv.writer(handle)
+    if header is not None:
+        writer.writerow(header)
     for row in rows:
         writer.writerow([f"{v:.8g}" for v in row])
 
@@ -688,8 +904,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     out = _check_out_file(args.out) if args.out is not None else None
     estimator = _load_model(args.model)
+    header = None if args.no_header else _saved_columns(args.model, estimator.dim)
     torch.manual_seed(args.seed)
-    _write_csv(_draw(estimator, args.n, args.model), out)
+    _write_csv(_draw(estimator, args.n, args.model), out, header)
     return 0
 
 
@@ -839,8 +1056,9 @@ def _add_demo_parser(sub: Any) -> None:
         "demo",
         help="fit flows on built-in problems; print a table, write PNGs",
         description="Fit planar, radial and IAF flows to the 2D energies U1 and U2 (exact log Z) by "
-        "reverse KL, and flow guides vs Pyro's autoguides to eight schools; print the results and "
-        "write PNGs and JSON to --out.",
+        "reverse KL, and Gaussian guides vs pyro-nf's FlowGuide to the eight schools funnel, "
+        "scored against a shipped NUTS reference; print the results and write PNGs and JSON to "
+        "--out.",
         **_parser_options(),
     )
     demo.add_argument("--out", default="out", help="output directory (created if needed)")
@@ -848,12 +1066,17 @@ def _add_demo_parser(sub: Any) -> None:
         "--steps",
         type=_positive_int,
         default=1000,
-        help="optimization steps per fit (about half a minute of CPU in all)",
+        help="optimization steps per fit (about a minute of CPU in all at the default)",
     )
     demo.add_argument(
         "--seed", type=_seed_type(0, 2**32 - 1), default=0, help="random seed of every fit"
     )
     demo.add_argument("--quick", action="store_true", help="300 steps per fit (smoke test)")
+    demo.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bars (default: bars on stderr when it is a terminal)",
+    )
 
 
 def _add_fit_density_parser(sub: Any) -> None:
@@ -866,7 +1089,7 @@ def _add_fit_density_parser(sub: Any) -> None:
         **_parser_options(),
     )
     fit.add_argument("data", help="CSV file, one sample per row, an optional header line")
-    fit.add_argument("--flow", choices=FAMILIES, default="maf", help="flow family")
+    fit.add_argument("--flow", choices=cli_families(), default="maf", help="flow family")
     fit.add_argument("--depth", type=_positive_int, default=5, help="number of flow layers")
     fit.add_argument("--out", required=True, help="where to save the fitted model (.pt)")
     fit.add_argument("--steps", type=_positive_int, default=5000, help="most optimizer steps")
@@ -884,7 +1107,11 @@ def _add_fit_density_parser(sub: Any) -> None:
         help="drop rows holding NaN or inf, with a note (default: such rows are an error)",
     )
     fit.add_argument("--seed", type=_seed_type(-(2**63), 2**64 - 1), default=0, help="random seed")
-    fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    fit.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bar (default: a bar on stderr when it is a terminal)",
+    )
 
 
 def _add_sample_parser(sub: Any) -> None:
@@ -898,6 +1125,11 @@ def _add_sample_parser(sub: Any) -> None:
     sample.add_argument("model", help="a .pt file written by pyro-nf fit-density")
     sample.add_argument("-n", type=_positive_int, default=1000, help="number of samples")
     sample.add_argument("--out", help="CSV output file (default: stdout)")
+    sample.add_argument(
+        "--no-header",
+        action="store_true",
+        help="write no header line (default: the training CSV's header, when it had one)",
+    )
     sample.add_argument(
         "--seed", type=_seed_type(-(2**63), 2**64 - 1), default=0, help="random seed"
     )

@@ -60,6 +60,7 @@ def plot_density_2d(
     title: str | None = None,
     colorbar: bool = False,
     log_floor: float = -30.0,
+    labels: tuple[str, str] | None = ("x1", "x2"),
 ) -> Any:
     r"""Heatmap of a 2-D density on an ``n × n`` grid (cell midpoints).
 
@@ -70,34 +71,30 @@ def plot_density_2d(
         lim: ``L`` (the square ``[-L, L]²``), ``(lo, hi)`` or ``((xlo, xhi), (ylo, yhi))``.
         n: grid cells per axis.
         log: show :math:`\log p` (clipped below at ``max + log_floor``) instead of :math:`p`.
-        cmap, title, colorbar: appearance.
+        cmap, title, labels: appearance (``labels``: the x and y axis labels, or ``None``).
+        colorbar: add a colorbar labelled ``"density"`` (``"log density"`` with ``log``).
 
-    Returns:
-        The ``Axes``; the heatmap is ``ax.images[-1]``.
+    Returns: the ``Axes``; the heatmap is ``ax.images[-1]``.
 
     Example:
         >>> import matplotlib
         >>> matplotlib.use("Agg")
         >>> normal = torch.distributions.MultivariateNormal(torch.zeros(2), torch.eye(2))
         >>> ax = plot_density_2d(normal, lim=3.0, n=50, title="N(0, I)")
-        >>> ax.images[-1].get_array().shape
-        (50, 50)
+        >>> ax.images[-1].get_array().shape, ax.get_xlabel(), ax.get_ylabel()
+        ((50, 50), 'x1', 'x2')
     """
+    labels = _check_labels(labels)
     values = _density_values(target, lim, n, log, log_floor)
     ax = _axes(ax)
     (xlo, xhi), (ylo, yhi) = plot_limits(lim)
-    image = ax.imshow(
-        values.numpy(),
-        origin="lower",
-        extent=(xlo, xhi, ylo, yhi),
-        cmap=cmap,
-        aspect="auto",
-        interpolation="nearest",
-    )
+    extent = (xlo, xhi, ylo, yhi)
+    image = ax.imshow(values.numpy(), origin="lower", extent=extent, cmap=cmap, aspect="auto",
+                      interpolation="nearest")  # fmt: skip
     _set_limits(ax, lim)
     if colorbar:
         ax.figure.colorbar(image, ax=ax, label="log density" if log else "density")
-    return _titled(ax, title)
+    return _titled(_labelled(ax, labels), title)
 
 
 def _density_values(target: Any, lim: Any, n: int, log: bool, log_floor: float) -> torch.Tensor:
@@ -123,6 +120,23 @@ def _set_limits(ax: Any, lim: Any) -> None:
     ax.set_ylim(ylo, yhi)
 
 
+def _check_labels(labels: Any) -> tuple[str, str] | None:
+    """``labels`` as a pair of strings, or ``None``; else ``ValueError`` naming ``labels``."""
+    if labels is None:
+        return None
+    if isinstance(labels, str) or not isinstance(labels, (tuple, list)) or len(labels) != 2:
+        raise ValueError(f"labels: expected None or two axis labels (x, y), got {labels!r}")
+    return (str(labels[0]), str(labels[1]))
+
+
+def _labelled(ax: Any, labels: tuple[str, str] | None) -> Any:
+    """Label the x and y axes of ``ax`` with ``labels`` unless it is ``None``; return ``ax``."""
+    if labels is not None:
+        ax.set_xlabel(labels[0])
+        ax.set_ylabel(labels[1])
+    return ax
+
+
 def _titled(ax: Any, title: str | None) -> Any:
     """Set the title of ``ax`` unless it is ``None``; return ``ax``."""
     if title is not None:
@@ -139,6 +153,7 @@ def plot_samples_2d(
     alpha: float = 0.3,
     color: str | None = None,
     title: str | None = None,
+    labels: tuple[str, str] | None = ("x1", "x2"),
 ) -> Any:
     """Scatter plot of 2-D samples.
 
@@ -147,6 +162,7 @@ def plot_samples_2d(
         ax: the ``Axes`` (default: a new figure).
         lim: axis limits as in :func:`plot_density_2d` (default: matplotlib's).
         s, alpha, color, title: appearance.
+        labels: the x and y axis labels (``None``: none).
 
     Returns:
         The ``Axes``; the points are ``ax.collections[-1]``.
@@ -158,12 +174,13 @@ def plot_samples_2d(
         >>> ax.collections[-1].get_offsets().shape
         (100, 2)
     """
+    labels = _check_labels(labels)
     pts = _as_points(samples)
     ax = _axes(ax)
     ax.scatter(pts[:, 0], pts[:, 1], s=s, alpha=alpha, color=color, linewidths=0)
     if lim is not None:
         _set_limits(ax, lim)
-    return _titled(ax, title)
+    return _titled(_labelled(ax, labels), title)
 
 
 def _as_points(samples: Any) -> np.ndarray:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import pyro_nf
+from pyro_nf.flows import spline_autoregressive, spline_coupling
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -38,6 +39,13 @@ FAMILIES: dict[str, Callable[[int, int | None], pyro_nf.Flow]] = {
     ),
     "nice": lambda d, h: pyro_nf.nice(max(d, 2), depth=3, context_dim=h, hidden=(16,)),
     "realnvp": lambda d, h: pyro_nf.realnvp(max(d, 2), depth=3, context_dim=h, hidden=(16, 16)),
+    # bound 3: the tests' standard-normal points fall on both sides of it (splines and tails)
+    "spline_autoregressive": lambda d, h: spline_autoregressive(
+        d, depth=2, context_dim=h, bins=4, bound=3.0, hidden=(16, 16)
+    ),
+    "spline_coupling": lambda d, h: spline_coupling(
+        max(d, 2), depth=3, context_dim=h, bins=4, bound=3.0, hidden=(8,)
+    ),
     "mixed": _mixed,
     "full_affine": lambda d, h: pyro_nf.Flow(
         d,

@@ -499,7 +499,7 @@ class DensityEstimator(nn.Module):
         seed: int = 0,
         drop_nonfinite: bool = False,
         eval_batch_size: int = 8192,
-        progress: bool = True,
+        progress: bool | None = None,
         desc: str = "density",
         **train_kwargs: Any,
     ) -> History:
@@ -519,7 +519,8 @@ class DensityEstimator(nn.Module):
             validate_every, eval_batch_size: steps between validations, rows per scoring chunk.
             seed: seed of the split and the shuffles (parameter initialization is the flow's).
             drop_nonfinite: drop rows with NaN/inf (with a warning) instead of raising.
-            progress, desc: progress bar.
+            progress, desc: the progress bar, as in :func:`pyro_nf.training.train` (``True`` always,
+                ``None`` when interactive, ``False`` never) and its label.
             train_kwargs: passed to :func:`pyro_nf.training.train` (``lr_schedule``,
                 ``clip_norm``, ``optimizer``, ``checkpoint``, ``callback`` ...).
 

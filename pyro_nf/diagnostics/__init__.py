@@ -10,15 +10,19 @@ from .importance import (
     psis_khat,
     to_inference_data,
 )
-from .reference import NUTSDraws, run_nuts
+from .inference_data import flat_convergence, flat_draws, inference_data_from_samples
+from .reference import ReferenceWarning, run_nuts
 from .report import SiteReliability, TrustReport, diagnose, reweighted_summary
 
 __all__ = [
-    "NUTSDraws",
+    "ReferenceWarning",
     "SiteReliability",
     "TrustReport",
     "diagnose",
     "diagnose_importance",
+    "flat_convergence",
+    "flat_draws",
+    "inference_data_from_samples",
     "log_evidence",
     "log_importance_weights",
     "psis",

@@ -17,7 +17,8 @@ those of a fully sequential evaluation (one ``trace``/``replay`` per draw), up t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import difflib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -32,6 +33,7 @@ __all__ = [
     "CHUNK_BYTES",
     "PROBE_DRAWS",
     "check_callable",
+    "check_keywords",
     "check_model_kwargs",
     "check_num_samples",
     "check_weight_arguments",
@@ -318,6 +320,37 @@ def check_model_kwargs(value: Any) -> dict[str, Any]:
     return dict(value)
 
 
+def check_keywords(
+    owner: str, given: Iterable[str], accepted: Iterable[str], model_keywords: bool = True
+) -> None:
+    """Refuse the first keyword of ``given`` that is not in ``accepted``: a ``TypeError`` that
+    names it, suggests the closest accepted keyword (``difflib``) and lists the accepted ones;
+    with ``model_keywords`` it adds where the model's own keywords go (``model_kwargs``, the
+    project-wide convention). ``owner`` names the function or class (may be empty).
+
+    Example:
+        >>> check_keywords("report", ["num_sample"], ["num_samples", "model_kwargs"])
+        Traceback (most recent call last):
+        ...
+        TypeError: num_sample: unexpected keyword argument of report; did you mean 'num_samples'? Expected num_samples or model_kwargs (the model's own keyword arguments go in model_kwargs={...})
+    """
+    accepted = list(accepted)
+    unknown = [k for k in given if k not in accepted]
+    if not unknown:
+        return
+    name = unknown[0]
+    close = difflib.get_close_matches(str(name), accepted, n=1)
+    where = f" of {owner}" if owner else ""
+    hint = f"; did you mean {close[0]!r}? Expected" if close else "; expected"
+    if not accepted:
+        hint, listed = "; it takes", "no keyword arguments"
+    else:
+        listed = ", ".join(accepted[:-1]) + f" or {accepted[-1]}" if accepted[1:] else accepted[0]
+    if model_keywords:
+        listed += " (the model's own keyword arguments go in model_kwargs={...})"
+    raise TypeError(f"{name}: unexpected keyword argument{where}{hint} {listed}")
+
+
 def check_num_samples(value: Any, minimum: int = 1, why: str = "") -> int:
     """``num_samples`` as an ``int`` if it is an integer ``>= minimum`` (``why``: the reason
     for the minimum, quoted in the message), else raise.
@@ -343,12 +376,7 @@ def check_weight_arguments(
     check_callable("model", model, "a callable Pyro model")
     check_callable("guide", guide, "a callable Pyro guide")
     check_num_samples(num_samples, minimum, why)
-    unknown = sorted(set(options) - {"max_plate_nesting", "model_kwargs", "vectorize"})
-    if unknown:
-        raise TypeError(
-            f"{unknown[0]}: unexpected keyword argument; expected max_plate_nesting, "
-            "model_kwargs or vectorize (the model's own keywords go in model_kwargs)"
-        )
+    check_keywords("", options, ("max_plate_nesting", "model_kwargs", "vectorize"))
     nesting = options.get("max_plate_nesting")
     if nesting is not None and (
         isinstance(nesting, bool) or not isinstance(nesting, int) or nesting < 0

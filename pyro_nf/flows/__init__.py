@@ -7,7 +7,19 @@ parameterized flow) into a :class:`~pyro_nf.transforms.FlowTransform`; a :class:
 layers over a base distribution; ``flow(context)`` is a :class:`FlowDistribution`.
 """
 
-from .builders import diagonal, gaussian, iaf, maf, nice, planar, radial, realnvp, stack
+from .builders import (
+    diagonal,
+    gaussian,
+    iaf,
+    maf,
+    nice,
+    planar,
+    radial,
+    realnvp,
+    spline_autoregressive,
+    spline_coupling,
+    stack,
+)
 from .distribution import FlowDistribution, FlowLike
 from .flow import Flow
 from .layers import (
@@ -20,6 +32,13 @@ from .layers import (
     PermuteLayer,
     PlanarLayer,
     RadialLayer,
+    SplineAutoregressiveLayer,
+    SplineCouplingLayer,
+)
+from .pyro_modules import (
+    ConditionalFlowTransformModule,
+    ConditionedFlowTransform,
+    FlowTransformModule,
 )
 from .registry import (
     FlowFamily,
@@ -34,6 +53,8 @@ from .registry import (
 
 __all__ = [
     "AutoregressiveLayer",
+    "ConditionalFlowTransformModule",
+    "ConditionedFlowTransform",
     "CouplingLayer",
     "DiagonalAffineLayer",
     "FixedAffineLayer",
@@ -42,10 +63,13 @@ __all__ = [
     "FlowFamily",
     "FlowLayer",
     "FlowLike",
+    "FlowTransformModule",
     "LowerTriangularAffineLayer",
     "PermuteLayer",
     "PlanarLayer",
     "RadialLayer",
+    "SplineAutoregressiveLayer",
+    "SplineCouplingLayer",
     "build_flow",
     "diagonal",
     "family_names",
@@ -60,6 +84,8 @@ __all__ = [
     "realnvp",
     "register_builder",
     "register_family",
+    "spline_autoregressive",
+    "spline_coupling",
     "stack",
     "unregister_family",
 ]

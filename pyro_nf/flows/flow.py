@@ -16,6 +16,7 @@ The builders (:mod:`pyro_nf.flows.builders`) make the usual stacks of each famil
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,8 +32,15 @@ from ..utils.validation import (
 )
 from .distribution import FlowDistribution
 from .layers import FlowLayer
+from .pyro_modules import ConditionalFlowTransformModule, FlowTransformModule
 
 __all__ = ["Flow"]
+
+#: the family a flow of affine layers only is reported as (by its layers' class names)
+_GAUSSIAN_FAMILIES = {
+    frozenset({"LowerTriangularAffineLayer"}): "gaussian",
+    frozenset({"DiagonalAffineLayer"}): "diagonal",
+}
 
 
 class Flow(nn.Module):
@@ -156,6 +164,71 @@ class Flow(nn.Module):
     def forward(self, context: torch.Tensor | None = None) -> FlowDistribution:
         check_context(context, self.context_dim, like=self._like())
         return FlowDistribution(self, context)
+
+    def as_pyro_transform(
+        self, *, cache_size: int = 1
+    ) -> FlowTransformModule | ConditionalFlowTransformModule:
+        r"""This flow as a Pyro transform module that owns its parameters.
+
+        A directly parameterized flow gives a :class:`~pyro.distributions.TransformModule`
+        mapping base-space draws :math:`\varepsilon` (shape ``(..., D)``) to flow outputs
+        :math:`f(\varepsilon)`, exactly as ``flow()`` samples; an amortized flow gives a
+        :class:`~pyro.distributions.ConditionalTransformModule` whose ``condition(context)`` is
+        that map at the context. The flow is registered as the submodule ``flow``, so Pyro's
+        ``AutoNormalizingFlow``, ``pyro.module`` and optimizers train its parameters. See
+        :mod:`pyro_nf.flows.pyro_modules`.
+
+        Args:
+            cache_size: torch's transform cache, 0 or 1 (default 1, as Pyro's flows).
+
+        Example:
+            >>> from pyro_nf import planar
+            >>> flow = planar(3, depth=4)
+            >>> t = flow.as_pyro_transform()
+            >>> _ = torch.manual_seed(0)
+            >>> z, log_q = flow().rsample_and_log_prob((5,))
+            >>> _ = torch.manual_seed(0)
+            >>> eps = torch.randn(5, 3)                      # the same base-space draws
+            >>> torch.allclose(t(eps), z)
+            True
+            >>> set(t.parameters()) == set(flow.parameters())   # it owns the flow's parameters
+            True
+        """
+        if self.context_dim is None:
+            return FlowTransformModule(self, cache_size)
+        return ConditionalFlowTransformModule(self, cache_size)
+
+    def summary(self) -> dict[str, Any]:
+        """The flow in a few plain fields (what its repr shows).
+
+        ``family``: the families of its maps, ``"+"``-joined in order (``"gaussian"``,
+        ``"diagonal"`` or ``"affine"`` for a flow of affine layers only); ``dim``; ``depth``: the
+        number of family maps (planar/radial maps, autoregressive, coupling or spline layers;
+        affine bases, permutations and preconditioners do not count); ``context_dim``.
+
+        Example:
+            >>> from pyro_nf import iaf, planar, stack
+            >>> stack(iaf(2, depth=2), planar(2, depth=3, base="standard")).summary()
+            {'family': 'iaf+planar', 'dim': 2, 'depth': 5, 'context_dim': None}
+        """
+        families: list[str] = []
+        for layer in self.layers:
+            name = layer.family_name()
+            if name is not None and name not in families:
+                families.append(name)
+        if not families:  # affine layers only: the two Gaussian families, or a preconditioner
+            kinds = {type(layer).__name__ for layer in self.layers}
+            families = [_GAUSSIAN_FAMILIES.get(frozenset(kinds), "affine")]
+        return {
+            "family": "+".join(families),
+            "dim": self.dim,
+            "depth": sum(layer.family_depth() for layer in self.layers),
+            "context_dim": self.context_dim,
+        }
+
+    def __repr__(self) -> str:
+        """``Flow(family='planar', dim=3, depth=4, context_dim=None)`` (no parameters)."""
+        return "Flow(" + ", ".join(f"{k}={v!r}" for k, v in self.summary().items()) + ")"
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, context_dim={self.context_dim}"

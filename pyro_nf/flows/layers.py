@@ -17,8 +17,9 @@ start at a random draw (``init="random"``, Pyro's start), for multi-start revers
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -33,13 +34,17 @@ from ..transforms import (
     PlanarTransform,
     RadialTransform,
     Reverse,
+    SplineAutoregressiveTransform,
+    SplineCouplingTransform,
 )
 from ..transforms.affine import raw_from_scale
 from ..transforms.autoregressive import DEFAULT_GATE_BIAS, DEFAULT_SCALE_BOUND
 from ..transforms.planar import PLANAR_SHIFT
+from ..transforms.spline import DEFAULT_BINS, DEFAULT_BOUND
 from ..utils.nn import MADE, MLP, default_hidden
 from ..utils.validation import (
     check_choice,
+    check_float,
     check_parameter_count,
     check_positive_int,
     check_widths,
@@ -55,6 +60,9 @@ __all__ = [
     "AutoregressiveLayer",
     "PermuteLayer",
     "CouplingLayer",
+    "SplineAutoregressiveLayer",
+    "SplineCouplingLayer",
+    "check_spline_grid",
 ]
 
 
@@ -70,6 +78,36 @@ class FlowLayer(nn.Module):
 
     num_params: int = 0
     context_dim: int | None = None
+    #: the flow family this layer's maps belong to (for ``Flow``'s repr); ``None``: named after
+    #: the class (``SplineCouplingLayer`` -> ``"spline_coupling"``)
+    family: str | None = None
+    #: ``False`` for affine bases, permutations and preconditioners, which a family's stack wraps
+    #: around its maps (they count towards no family and no depth)
+    is_map: bool = True
+
+    def family_name(self) -> str | None:
+        """The family of the layer's maps, or ``None`` for a base, permutation or preconditioner.
+
+        Example:
+            >>> PlanarLayer(2).family_name(), PermuteLayer(2).family_name()
+            ('planar', None)
+        """
+        if not self.is_map:
+            return None
+        if self.family is not None:
+            return self.family
+        return re.sub(r"(?<!^)(?=[A-Z])", "_", type(self).__name__.removesuffix("Layer")).lower()
+
+    def family_depth(self) -> int:
+        """How many of its family's maps the layer holds (planar/radial: ``depth``; else 1).
+
+        Example:
+            >>> PlanarLayer(2, depth=5).family_depth(), PermuteLayer(2).family_depth()
+            (5, 0)
+        """
+        if not self.is_map:
+            return 0
+        return int(getattr(self, "depth", 1))
 
     def __init__(self, dim: int, amortized: bool = False) -> None:
         super().__init__()
@@ -193,6 +231,8 @@ class PlanarLayer(FlowLayer):
         True
     """
 
+    family = "planar"
+
     def __init__(
         self, dim: int, depth: int = 1, amortized: bool = False, init: MapInit = "identity"
     ) -> None:
@@ -291,6 +331,8 @@ class RadialLayer(FlowLayer):
         True
     """
 
+    family = "radial"
+
     def __init__(
         self, dim: int, depth: int = 1, amortized: bool = False, init: MapInit = "identity"
     ) -> None:
@@ -331,6 +373,8 @@ class DiagonalAffineLayer(FlowLayer):
         >>> layer.transform()(torch.zeros(2))
         tensor([1., 1.], grad_fn=<...>)
     """
+
+    is_map = False
 
     def __init__(
         self,
@@ -373,6 +417,8 @@ class LowerTriangularAffineLayer(FlowLayer):
         tensor([[2.0000, 0.0000],
                 [1.0000, 0.5000]], grad_fn=<AddBackward0>)
     """
+
+    is_map = False
 
     def __init__(
         self,
@@ -419,6 +465,8 @@ class FixedAffineLayer(FlowLayer):
         >>> layer.transform()(torch.ones(2)), list(layer.parameters())
         (tensor([4., 6.]), [])
     """
+
+    is_map = False
 
     def __init__(self, loc: torch.Tensor, scale_tril: torch.Tensor) -> None:
         loc = torch.as_tensor(loc)
@@ -474,6 +522,7 @@ class AutoregressiveLayer(FlowLayer):
         self.context_dim = context_dim
         self.made = MADE(dim, hidden, num_params=2, context_dim=context_dim, activation=activation)
         self.update, self.invert = update, invert
+        self.family = "maf" if invert else "iaf"
         self.gate_bias, self.scale_bound = gate_bias, scale_bound
 
     def build(self, params: torch.Tensor | None, context: torch.Tensor | None) -> FlowTransform:
@@ -494,6 +543,8 @@ class PermuteLayer(FlowLayer):
         >>> PermuteLayer(3).transform()(torch.tensor([1.0, 2.0, 3.0]))
         tensor([3., 2., 1.])
     """
+
+    is_map = False
 
     def __init__(self, dim: int, perm: str | torch.Tensor = "reverse", seed: int = 0) -> None:
         super().__init__(dim)
@@ -560,6 +611,7 @@ class CouplingLayer(FlowLayer):
         hidden = check_widths("hidden", hidden) if hidden is not None else None
         hidden = hidden if hidden is not None else default_hidden(dim, context_dim)
         self.context_dim, self.kind, self.scale_bound = context_dim, kind, scale_bound
+        self.family = "nice" if kind == "additive" else "realnvp"
         self.register_buffer(
             "mask", (torch.arange(dim) % 2 == parity % 2).to(torch.get_default_dtype())
         )
@@ -574,4 +626,107 @@ class CouplingLayer(FlowLayer):
             context if self.context_dim is not None else None,
             kind=self.kind,
             scale_bound=self.scale_bound,
+        )
+
+
+# -- neural spline flows (Durkan et al. 2019) ----------------------------------------------------
+
+
+def _widths(hidden: object, allow_empty: bool) -> tuple[int, ...] | None:
+    """``hidden`` checked as layer widths, or ``None`` (the default widths)."""
+    return None if hidden is None else check_widths("hidden", hidden, allow_empty=allow_empty)
+
+
+def check_spline_grid(bins: Any, bound: Any) -> tuple[int, float]:
+    """``(bins, bound)`` checked: ``bins`` a positive integer, ``bound`` a positive finite number.
+
+    Example:
+        >>> check_spline_grid(8, 3)
+        (8, 3.0)
+    """
+    bins = check_positive_int("bins", bins)
+    check_float("bound", bound, "a positive finite float", lambda v: v > 0)
+    return bins, float(bound)
+
+
+class SplineAutoregressiveLayer(FlowLayer):
+    r"""An autoregressive rational-quadratic spline layer: a MADE with ``3K - 1`` outputs per
+    coordinate (``K = bins``) and identity tails outside ``[-bound, bound]``. See
+    :mod:`pyro_nf.transforms.spline`. ``invert=False``: IAF orientation (one-pass sampling);
+    ``invert=True``: MAF orientation (one-pass density). The identity at initialisation.
+
+    Example:
+        >>> layer = SplineAutoregressiveLayer(3, hidden=(16,), bins=4)
+        >>> x = torch.randn(4, 3)
+        >>> torch.allclose(layer.transform()(x), x)
+        True
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden: Sequence[int] | None = None,
+        context_dim: int | None = None,
+        bins: int = DEFAULT_BINS,
+        bound: float = DEFAULT_BOUND,
+        invert: bool = False,
+        activation: type[nn.Module] = nn.ReLU,
+    ) -> None:
+        super().__init__(dim)
+        self.bins, self.bound = check_spline_grid(bins, bound)
+        if context_dim is not None:
+            check_positive_int("context_dim", context_dim)
+        hidden = _widths(hidden, allow_empty=False) or default_hidden(dim, context_dim)
+        self.context_dim, self.invert = context_dim, bool(invert)
+        self.made = MADE(dim, hidden, 3 * self.bins - 1, context_dim, activation=activation)
+
+    def build(self, params: torch.Tensor | None, context: torch.Tensor | None) -> FlowTransform:
+        ctx = context if self.context_dim is not None else None
+        return SplineAutoregressiveTransform(self.made, ctx, self.bound, self.invert)
+
+
+class SplineCouplingLayer(FlowLayer):
+    r"""A rational-quadratic spline coupling layer: the coordinates with ``i % 2 == parity``
+    (and the context) condition splines of ``K = bins`` bins on the others, through an MLP whose
+    last layer starts at zero (the identity). One pass in both directions; identity tails
+    outside ``[-bound, bound]``. See :mod:`pyro_nf.transforms.spline`.
+
+    Example:
+        >>> layer = SplineCouplingLayer(4, parity=1, hidden=(16,))
+        >>> x = torch.randn(3, 4)
+        >>> torch.allclose(layer.transform()(x), x)
+        True
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        parity: int = 0,
+        hidden: Sequence[int] | None = None,
+        context_dim: int | None = None,
+        bins: int = DEFAULT_BINS,
+        bound: float = DEFAULT_BOUND,
+        activation: type[nn.Module] = nn.ReLU,
+    ) -> None:
+        super().__init__(dim)
+        if dim < 2:
+            raise ValueError(f"dim: coupling layers need at least 2 coordinates, got {dim}")
+        self.bins, self.bound = check_spline_grid(bins, bound)
+        if context_dim is not None:
+            check_positive_int("context_dim", context_dim)
+        hidden = _widths(hidden, allow_empty=True)
+        hidden = hidden if hidden is not None else default_hidden(dim, context_dim)
+        self.context_dim = context_dim
+        coords = torch.arange(dim)
+        on = coords % 2 == parity % 2
+        self.register_buffer("cond", coords[on], persistent=False)
+        self.register_buffer("free", coords[~on], persistent=False)
+        self.register_buffer("unsort", torch.cat([coords[on], coords[~on]]).argsort(), False)
+        n_in, n_out = int(on.sum()) + (context_dim or 0), int((~on).sum()) * (3 * self.bins - 1)
+        self.net = MLP(n_in, n_out, hidden, activation=activation, zero_last=True)
+
+    def build(self, params: torch.Tensor | None, context: torch.Tensor | None) -> FlowTransform:
+        ctx = context if self.context_dim is not None else None
+        return SplineCouplingTransform(
+            self.net, self.cond, self.free, ctx, self.bound, unsort=self.unsort
         )

@@ -50,6 +50,8 @@ class FlowFamily:
         vae_depth: default depth of a VAE encoder (``None``: not a VAE family).
         min_dim: the smallest event dimension the family supports (coupling flows need 2).
         guide_kwargs: ``dim -> dict`` of builder defaults for guides (e.g. IAF's hidden width).
+        vae_kwargs: ``dim -> dict`` of builder defaults for VAE encoders (e.g. the orientation of
+            an autoregressive spline flow).
 
     Example:
         >>> get_family("planar").guide_depth, get_family("realnvp").min_dim
@@ -62,6 +64,7 @@ class FlowFamily:
     vae_depth: int | None = None
     min_dim: int = 1
     guide_kwargs: Callable[[int], dict[str, Any]] = field(default=lambda dim: {})
+    vae_kwargs: Callable[[int], dict[str, Any]] = field(default=lambda dim: {})
 
     def check_dim(self, dim: int, argname: str = "flow") -> None:
         """Refuse a latent dimension the family cannot handle, naming ``argname``."""
@@ -83,6 +86,7 @@ def register_family(
     min_dim: int = 1,
     guide_kwargs: Callable[[int], dict[str, Any]] | None = None,
     overwrite: bool = False,
+    vae_kwargs: Callable[[int], dict[str, Any]] | None = None,
 ) -> FlowFamily:
     """Register ``builder`` under ``name`` for every front end (guides, VAEs, density, CLI).
 
@@ -113,7 +117,13 @@ def register_family(
         ):
             raise ValueError(f"{argname}: expected None or an integer >= 1, got {depth!r}")
     family = FlowFamily(
-        name, builder, guide_depth, vae_depth, min_dim, guide_kwargs or (lambda dim: {})
+        name,
+        builder,
+        guide_depth,
+        vae_depth,
+        min_dim,
+        guide_kwargs or (lambda dim: {}),
+        vae_kwargs or (lambda dim: {}),
     )
     _FAMILIES[name] = family
     return family
@@ -124,7 +134,7 @@ def register_builder(name: str, builder: Callable[..., Flow], overwrite: bool = 
 
     The same registry as :func:`register_family`, for a family used only by density fits.
     Built-in names: ``planar``, ``radial``, ``iaf``, ``maf``, ``nice``, ``realnvp``,
-    ``gaussian`` (full covariance), ``diagonal`` and ``stack`` (``parts=[spec, ...]``). A saved
+    ``spline_autoregressive``, ``spline_coupling``, ``gaussian`` (full covariance), ``diagonal`` and ``stack`` (``parts=[spec, ...]``). A saved
     estimator can only be loaded where its builder is registered.
 
     Example:
@@ -162,7 +172,7 @@ def family_names(use: str | None = None) -> list[str]:
 
     Example:
         >>> family_names("vae")
-        ['iaf', 'nice', 'planar', 'radial', 'realnvp']
+        ['iaf', 'nice', 'planar', 'radial', 'realnvp', 'spline_autoregressive', 'spline_coupling']
     """
     if use not in (None, "guide", "vae"):
         raise ValueError(f"use: expected None, 'guide' or 'vae', got {use!r}")
@@ -179,7 +189,7 @@ def get_family(name: Any, use: str | None = None, argname: str = "flow") -> Flow
         >>> get_family("gaussian", use="guide")
         Traceback (most recent call last):
         ...
-        ValueError: flow: expected one of ['iaf', 'maf', 'nice', 'planar', 'radial', 'realnvp'], got 'gaussian'
+        ValueError: flow: expected one of ['iaf', 'maf', 'nice', 'planar', 'radial', 'realnvp', 'spline_autoregressive', 'spline_coupling'], got 'gaussian'
     """
     names = family_names(use)
     if not isinstance(name, str) or name not in names:
@@ -333,6 +343,10 @@ def _iaf_guide_kwargs(dim: int) -> dict[str, Any]:
     return {"update": "affine", "hidden": (3 * dim + 1,)}
 
 
+def _iaf_orientation(dim: int) -> dict[str, Any]:
+    return {"invert": False}
+
+
 register_family("planar", builders.planar, guide_depth=8, vae_depth=10)
 register_family("radial", builders.radial, guide_depth=8, vae_depth=10)
 register_family("iaf", builders.iaf, guide_depth=1, vae_depth=2, guide_kwargs=_iaf_guide_kwargs)
@@ -340,6 +354,17 @@ register_family("iaf", builders.iaf, guide_depth=1, vae_depth=2, guide_kwargs=_i
 register_family("maf", builders.maf, guide_depth=2)
 register_family("nice", builders.nice, guide_depth=4, vae_depth=4, min_dim=2)
 register_family("realnvp", builders.realnvp, guide_depth=4, vae_depth=4, min_dim=2)
+# Neural spline flows: IAF orientation (one-pass sampling and scoring of own samples) for guides
+# and VAE encoders; the builder's default is the MAF orientation, for density estimation.
+register_family(
+    "spline_autoregressive",
+    builders.spline_autoregressive,
+    guide_depth=2,
+    vae_depth=2,
+    guide_kwargs=_iaf_orientation,
+    vae_kwargs=_iaf_orientation,
+)
+register_family("spline_coupling", builders.spline_coupling, guide_depth=4, vae_depth=4, min_dim=2)
 register_family("gaussian", builders.gaussian)
 register_family("diagonal", builders.diagonal)
 register_family("stack", _stack_spec)

@@ -33,6 +33,7 @@ import inspect
 import math
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack, nullcontext
+from functools import partial
 from typing import Any
 
 import pyro
@@ -41,17 +42,28 @@ import torch
 from pyro.distributions.transforms import biject_to
 from pyro.infer.autoguide import AutoContinuous
 from pyro.infer.autoguide.initialization import init_to_median
+from pyro.poutine.util import site_is_subsample
 from torch import nn
 
-from ..diagnostics.draws import check_callable
+from ..diagnostics.draws import check_callable, check_keywords, check_model_kwargs
 from ..diagnostics.report import TrustReport, diagnose
 from ..flows.flow import Flow
 from ..flows.registry import family_names, get_family
 from ..transforms import ChainTransform
 from ..utils.validation import check_float, check_positive_int
-from .prototype import assemble_flow, check_latent_sites, initial_affine, minus_inf_on_error
+from .prototype import (
+    assemble_flow,
+    check_latent_sites,
+    initial_affine,
+    minus_inf_on_error,
+    model_label,
+)
+from .refine import refine
 
-__all__ = ["FlowGuide", "AmortizedFlowGuide"]
+__all__ = [
+    "AmortizedFlowGuide",
+    "FlowGuide",
+]
 
 #: Up to this many latent dimensions, ``affine="auto"`` uses a full lower-triangular affine map.
 #: Above it the D(D+1)/2 entries, each moved ~lr per Adam step, add more noise than they help;
@@ -103,6 +115,8 @@ def _checked_init(init_loc_fn: Callable) -> Callable:
 
 #: Builder keywords that :class:`FlowGuide` sets itself (not part of ``**flow_kwargs``).
 _GUIDE_SET = ("dim", "depth", "context_dim", "base", "context_hidden")
+#: :class:`FlowGuide`'s own keywords (a builder keyword of the same name is shadowed by them).
+_OWN_KEYWORDS = ("flow", "depth", "init_loc_fn", "init_scale", "affine", "init", "create_plates")
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -110,6 +124,20 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if not isinstance(value, str) or value not in choices:
         expected = ", ".join(repr(c) for c in choices[:-1]) + f" or {choices[-1]!r}"
         raise ValueError(f"{name}: expected {expected}, got {value!r}")
+
+
+def _builder_keywords(builder: Callable) -> tuple[list[str], bool]:
+    """The keywords a family builder takes beyond those the guide sets (and its own), and
+    whether it also takes ``**kwargs``."""
+    params = inspect.signature(builder).parameters.values()
+    named = [
+        p.name
+        for p in params
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and p.name not in _GUIDE_SET
+        and p.name not in _OWN_KEYWORDS
+    ]
+    return named, any(p.kind is p.VAR_KEYWORD for p in params)
 
 
 def _check_flow_arguments(flow: Any, depth: Any, flow_kwargs: dict[str, Any]) -> None:
@@ -134,6 +162,9 @@ def _check_flow_arguments(flow: Any, depth: Any, flow_kwargs: dict[str, Any]) ->
     if depth is not None:
         check_positive_int("depth", depth)
     if not isinstance(flow, str):
+        known = sorted({k for n in names for k in _builder_keywords(get_family(n).builder)[0]})
+        owner = f"FlowGuide(flow={type(flow).__name__})"
+        check_keywords(owner, [k for k in flow_kwargs if k not in known], _OWN_KEYWORDS, False)
         given = ["depth"] * (depth is not None) + sorted(flow_kwargs)
         if given:
             raise ValueError(
@@ -145,16 +176,14 @@ def _check_flow_arguments(flow: Any, depth: Any, flow_kwargs: dict[str, Any]) ->
 
 
 def _check_builder_keywords(flow: str, depth: int | None, flow_kwargs: dict[str, Any]) -> None:
-    """Refuse keywords the family's builder does not take (naming them), and let the builder
-    check the values on a throwaway flow (on a forked random stream)."""
+    """Refuse keywords that neither the guide nor the family's builder takes (naming them, with
+    the closest accepted one), and let the builder check the values on a throwaway flow (on a
+    forked random stream)."""
     family = get_family(flow, use="guide")
-    accepted = [p for p in inspect.signature(family.builder).parameters if p not in _GUIDE_SET]
-    unknown = sorted(set(flow_kwargs) - set(accepted))
-    if unknown:
-        raise TypeError(
-            f"{unknown[0]}: unexpected keyword argument of FlowGuide(flow={flow!r}); expected "
-            "init_loc_fn, init_scale, affine, init"
-            + (f" or a keyword of the {flow} builder: {', '.join(accepted)}" if accepted else "")
+    accepted, any_keyword = _builder_keywords(family.builder)
+    if not any_keyword:
+        check_keywords(
+            f"FlowGuide(flow={flow!r})", flow_kwargs, _OWN_KEYWORDS + tuple(accepted), False
         )
     if flow_kwargs:
         dim = max(family.min_dim, 2)
@@ -165,6 +194,22 @@ def _check_builder_keywords(flow: str, depth: int | None, flow_kwargs: dict[str,
                 base="standard",
                 **{**family.guide_kwargs(dim), **flow_kwargs},
             )
+
+
+def _as_plates(made: Any) -> list[Any]:
+    """What ``create_plates`` returned, as a list of ``pyro.plate`` (else ``TypeError``)."""
+    plates = [made] if isinstance(made, pyro.plate) else made
+    try:
+        plates = list(plates)
+    except TypeError:
+        plates = [plates]
+    for p in plates:
+        if not isinstance(p, pyro.plate):
+            raise TypeError(
+                "create_plates: expected a callable returning a pyro.plate or an iterable of "
+                f"them, got {type(p).__name__} among its results"
+            )
+    return plates
 
 
 class FlowGuide(AutoContinuous):
@@ -189,8 +234,25 @@ class FlowGuide(AutoContinuous):
         affine: the final affine map: ``"full"`` (lower-triangular, i.e. a full-covariance
             Gaussian base, like ``AutoMultivariateNormal``), ``"diagonal"``, or ``"auto"``
             (default: full up to ``MAX_FULL_AFFINE_DIM`` latent dimensions, else diagonal).
+        create_plates: as for Pyro's autoguides, an optional callable taking the model's
+            ``(*args, **kwargs)`` and returning a ``pyro.plate`` or an iterable of plates, made
+            in the guide on every call; plates not returned are made as in the model. Its use
+            is subsampling: the guide draws the subsample (e.g. ``pyro.plate("data", N,
+            subsample=idx)``) and the model, replayed on the guide, uses the same one. The
+            latent sites themselves must stay outside subsampled plates (a global guide cannot
+            follow a changing subsample); local latents need :class:`AmortizedFlowGuide`.
         **flow_kwargs: passed to the family builder (for ``"iaf"`` the defaults are
-            ``update="affine"`` and ``hidden=(3 * D + 1,)``, one MADE hidden layer).
+            ``update="affine"`` and ``hidden=(3 * D + 1,)``, one MADE hidden layer). Any other
+            keyword is refused here with a ``TypeError`` naming it, before any trace.
+
+    Model arguments (the convention of all of pyro-nf): the guide is called like the model,
+    ``guide(*args, **kwargs)`` (that is how Pyro's ``SVI``, ``Predictive`` and ``poutine`` call
+    it). Every *pyro-nf* function that runs the model for you (:meth:`report`,
+    :func:`pyro_nf.fit`, :func:`pyro_nf.diagnose`, ...) takes the model's positional arguments
+    as ``*args`` and its keyword arguments as one dict ``model_kwargs={...}``; any other
+    keyword is refused at once with a ``TypeError`` naming it. :meth:`median` and
+    :meth:`quantiles` take ``*args`` and ``model_kwargs`` too (as Pyro's autoguides take the
+    model's arguments there) and do not need them: the flow does not depend on them.
 
     Example:
         >>> import pyro, pyro.distributions as dist
@@ -216,6 +278,7 @@ class FlowGuide(AutoContinuous):
         init_scale: float = 1.0,
         affine: str = "auto",
         init: str = "laplace",
+        create_plates: Callable[..., Any] | None = None,
         **flow_kwargs: Any,
     ) -> None:
         check_callable("model", model, "a callable Pyro model")
@@ -224,7 +287,11 @@ class FlowGuide(AutoContinuous):
         _check_choice("affine", affine, ("auto", "full", "diagonal"))
         check_callable("init_loc_fn", init_loc_fn, "a callable site -> value (e.g. init_to_median)")
         check_float("init_scale", init_scale, "a positive finite number", lambda v: v > 0)
+        if create_plates is not None:
+            check_callable("create_plates", create_plates, "None or a callable returning plates")
         super().__init__(model, init_loc_fn=_checked_init(init_loc_fn))
+        self.create_plates = create_plates  # Pyro's AutoContinuous does not pass it on
+        self._model_label = model_label(model)
         self._init, self._affine, self._init_scale = init, affine, float(init_scale)
         # a tuple, so that a Flow given as ``flow`` is not registered as a second submodule
         self._flow_spec: tuple[Any, ...] = (flow,)
@@ -247,12 +314,43 @@ class FlowGuide(AutoContinuous):
             "affine": self._affine,
         }
 
+    # -- the model, and pickling ---------------------------------------------------------------
+    @property
+    def model(self) -> Callable:
+        """The model (as Pyro's autoguides, a pickled guide does not keep it: set it again with
+        ``guide.model = model`` to fit or report on an unpickled guide)."""
+        if self._model is None or self._model[0] is None:
+            raise RuntimeError(
+                "FlowGuide: this guide was unpickled, and a pickled guide does not keep its "
+                "model (as Pyro's autoguides); sampling and summaries work, and "
+                "guide.model = model sets the model again for fitting and report()"
+            )
+        return self._model[0]
+
+    @model.setter
+    def model(self, model: Callable) -> None:
+        check_callable("model", model, "a callable Pyro model")
+        self._model = (model,)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The state to pickle: Pyro's (without the model), leaving *this* guide intact (Pyro's
+        ``AutoGuide.__getstate__`` drops the model of the guide being saved)."""
+        model, master = self._model, self.master
+        try:
+            state = dict(super().__getstate__())
+        finally:
+            self._model, self.master = model, master
+        return state
+
     # -- construction --------------------------------------------------------------------------
     def _setup_prototype(self, *args: Any, **kwargs: Any) -> None:
         """Check the latent sites, find the Gaussian start and build the flow (first call)."""
         trace = pyro.poutine.block(pyro.poutine.trace(self.model).get_trace)(*args, **kwargs)
-        check_latent_sites(trace)
+        check_latent_sites(trace, self._model_label)
         super()._setup_prototype(*args, **kwargs)
+        if isinstance(self._flow_spec[0], str):  # before the (costly) mode search
+            get_family(self._flow_spec[0], use="guide").check_dim(self.latent_dim)
+        subsample = _subsample_sites(trace)  # the mode search sees this trace's subsample
         loc = self._init_loc()
         if not bool(torch.isfinite(loc).all()):
             raise ValueError(
@@ -260,7 +358,9 @@ class FlowGuide(AutoContinuous):
                 f"({int((~torch.isfinite(loc)).sum())} of {loc.numel()} entries)"
             )
         self._init_info = initial_affine(
-            minus_inf_on_error(lambda u: self._unconstrained_log_density(u, args, kwargs)),
+            minus_inf_on_error(
+                lambda u: self._unconstrained_log_density(u, args, kwargs, subsample)
+            ),
             loc,
             self._init,
             self._init_scale,
@@ -274,9 +374,10 @@ class FlowGuide(AutoContinuous):
         self.flow = flow.to(dtype=loc.dtype, device=loc.device)
 
     def _unconstrained_log_density(
-        self, u: torch.Tensor, args: tuple, kwargs: dict
+        self, u: torch.Tensor, args: tuple, kwargs: dict, subsample: pyro.poutine.Trace
     ) -> torch.Tensor:
-        r""":math:`\log p(x, T(u)) + \log\lvert\det J_T(u)\rvert` for the packed vector ``u``."""
+        r""":math:`\log p(x, T(u)) + \log\lvert\det J_T(u)\rvert` for the packed vector ``u``,
+        with the subsample sites of the model replayed from ``subsample``."""
         values, log_jac = {}, u.new_zeros(())
         for site, unconstrained in self._unpack_latent(u):
             transform = biject_to(site["fn"].support)
@@ -284,8 +385,29 @@ class FlowGuide(AutoContinuous):
             values[site["name"]] = value
             log_jac = log_jac + transform.log_abs_det_jacobian(unconstrained, value).sum()
         conditioned = pyro.poutine.condition(self.model, data=values)
+        conditioned = pyro.poutine.replay(conditioned, trace=subsample)
         trace = pyro.poutine.trace(conditioned).get_trace(*args, **kwargs)
         return trace.log_prob_sum() + log_jac
+
+    def _create_plates(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The plates of this call (Pyro's rule), with ``create_plates``'s result checked: plates
+        only, and a plate of a latent site must keep the size it had on the first call."""
+        if self.create_plates is None or self.master is not None:
+            return super()._create_plates(*args, **kwargs)
+        self.plates = {p.name: p for p in _as_plates(self.create_plates(*args, **kwargs))}
+        for name, frame in sorted(self._prototype_frames.items()):
+            plate = self.plates.get(name)
+            if plate is None:
+                full = frame.full_size or frame.size
+                self.plates[name] = pyro.plate(name, full, dim=frame.dim, subsample_size=frame.size)
+            elif plate.subsample_size != frame.size:
+                raise ValueError(
+                    f"create_plates: plate {name!r} holds latent sites of size {frame.size} (as "
+                    f"traced on the first call), got a plate of size {plate.subsample_size}; "
+                    "a global FlowGuide cannot follow a changing subsample (AmortizedFlowGuide "
+                    "handles local latents)"
+                )
+        return self.plates
 
     # -- the AutoContinuous interface ----------------------------------------------------------
     def get_base_dist(self) -> dist.Distribution:
@@ -330,11 +452,29 @@ class FlowGuide(AutoContinuous):
             pos += size
         return out
 
-    def report(self, *args: Any, num_samples: int = 2000, **kwargs: Any) -> TrustReport:
-        """The trust report of this guide for ``model(*args, **kwargs)``: ELBO, convergence (from
-        the last :func:`pyro_nf.fit`), PSIS k̂ and its verdict, ESS, log evidence, and the least
-        reliable sites. See :func:`pyro_nf.diagnose`."""
-        return diagnose(self.model, self, *args, num_samples=num_samples, model_kwargs=kwargs)
+    def report(
+        self,
+        *args: Any,
+        num_samples: int = 2000,
+        model_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> TrustReport:
+        """The trust report of this guide for ``model(*args, **model_kwargs)``: ELBO,
+        convergence (from the last :func:`pyro_nf.fit`), PSIS k̂ and its verdict, ESS, log
+        evidence, and the least reliable sites. See :func:`pyro_nf.diagnose`. Any keyword but
+        ``num_samples`` and ``model_kwargs`` is refused (``TypeError`` naming it).
+
+        ``report.next_step`` says what to do when the guide is not to be trusted as it is, and
+        ``report.refine(**options)`` runs :func:`pyro_nf.refine` on this guide and model (same
+        ``*args`` and ``model_kwargs``)."""
+        check_keywords("FlowGuide.report", kwargs, ("num_samples", "model_kwargs"))
+        model_kwargs = check_model_kwargs(model_kwargs)
+        report = diagnose(
+            self.model, self, *args, num_samples=num_samples, model_kwargs=model_kwargs
+        )
+        return report.with_refiner(
+            partial(refine, self.model, self, *args, model_kwargs=model_kwargs)
+        )
 
     @torch.no_grad()
     def quantiles(
@@ -343,10 +483,16 @@ class FlowGuide(AutoContinuous):
         *args: Any,
         num_samples: int = 10000,
         seed: int = 0,
+        model_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> dict[str, torch.Tensor]:
         """Marginal posterior quantiles of every latent site, estimated from ``num_samples``
-        seeded samples (so repeated calls agree). Returns ``{site: (len(quantiles), *shape)}``."""
+        seeded samples (so repeated calls agree). Returns ``{site: (len(quantiles), *shape)}``.
+
+        ``*args`` and ``model_kwargs`` (the model's arguments, which Pyro's autoguides take
+        here) are accepted and not needed; any other keyword is refused (``TypeError``)."""
+        check_keywords("FlowGuide.quantiles", kwargs, ("num_samples", "seed", "model_kwargs"))
+        check_model_kwargs(model_kwargs)
         q = _checked_quantiles(quantiles)
         check_positive_int("num_samples", num_samples)
         _check_seed(seed)
@@ -357,14 +503,32 @@ class FlowGuide(AutoContinuous):
 
     @torch.no_grad()
     def median(
-        self, *args: Any, num_samples: int = 10000, seed: int = 0, **kwargs: Any
+        self,
+        *args: Any,
+        num_samples: int = 10000,
+        seed: int = 0,
+        model_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
     ) -> dict[str, torch.Tensor]:
-        """Marginal posterior medians of every latent site (Monte Carlo, seeded)."""
+        """Marginal posterior medians of every latent site (Monte Carlo, seeded); arguments as
+        for :meth:`quantiles`."""
+        check_keywords("FlowGuide.median", kwargs, ("num_samples", "seed", "model_kwargs"))
+        check_model_kwargs(model_kwargs)
         check_positive_int("num_samples", num_samples)
         _check_seed(seed)
         return {
             k: v[0] for k, v in self.quantiles([0.5], num_samples=num_samples, seed=seed).items()
         }
+
+
+def _subsample_sites(trace: pyro.poutine.Trace) -> pyro.poutine.Trace:
+    """The subsample sites of ``trace`` (the indices its subsampled plates drew), to replay:
+    the Laplace search then sees one fixed subsample, a deterministic density."""
+    out = pyro.poutine.Trace()
+    for name, site in trace.nodes.items():
+        if site["type"] == "sample" and site_is_subsample(site):
+            out.add_node(name, **site)
+    return out
 
 
 def _check_seed(seed: Any, allow_none: bool = False) -> None:
@@ -413,6 +577,14 @@ class AmortizedFlowGuide(nn.Module):
             ``pyro.plate`` for subsampled plates (it must match the model's plate).
         support: the site's support (default real vectors); other supports are reached through
             ``biject_to`` with the Jacobian included.
+        create_plates: as for Pyro's autoguides, a callable ``(*args, **kwargs) ->`` a
+            ``pyro.plate`` or an iterable of plates, made in the guide on every call (so that
+            the model, replayed on the guide, uses their subsamples); the one named ``plate``
+            holds the site. The encoder may return contexts for the subsample or for all
+            ``plate.size`` data points (then the subsample's rows are taken).
+
+    Any other keyword is refused with a ``TypeError`` naming it. The guide is called like the
+    model, ``guide(*args, **kwargs)``.
 
     Example:
         >>> import pyro, pyro.distributions as dist
@@ -435,8 +607,17 @@ class AmortizedFlowGuide(nn.Module):
         encoder: nn.Module,
         plate: str | Callable[..., Any] = "data",
         support: Any = None,
+        *,
+        create_plates: Callable[..., Any] | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__()
+        check_keywords(
+            "AmortizedFlowGuide",
+            kwargs,
+            ("site", "flow", "encoder", "plate", "support", "create_plates"),
+            model_keywords=False,
+        )
         if not isinstance(site, str) or not site:
             raise ValueError(
                 f"site: expected the name of the model's local latent site, got {site!r}"
@@ -445,6 +626,13 @@ class AmortizedFlowGuide(nn.Module):
             raise ValueError(
                 f"plate: expected the model's plate name or a callable returning a pyro.plate, got {plate!r}"
             )
+        if create_plates is not None:
+            check_callable("create_plates", create_plates, "None or a callable returning plates")
+            if not isinstance(plate, str):
+                raise ValueError(
+                    "plate: expected the name of the plate (among those create_plates returns) "
+                    f"when create_plates is given, got {type(plate).__name__}"
+                )
         if support is not None and not isinstance(support, dist.constraints.Constraint):
             raise ValueError(
                 f"support: expected None or a torch.distributions constraint, got {type(support).__name__}"
@@ -456,20 +644,31 @@ class AmortizedFlowGuide(nn.Module):
                 f"encoder: expected a module mapping the guide's arguments to a context, got {encoder!r}"
             )
         self.site, self.flow, self.encoder, self.plate = site, flow, encoder, plate
+        self.create_plates = create_plates
         self.support = support if support is not None else dist.constraints.real_vector
+
+    def _make_plate(self, size: int, args: tuple, kwargs: dict) -> Any:
+        """The plate of the site for this call (from ``create_plates``, ``plate`` or its name)."""
+        if self.create_plates is not None:
+            plates = {p.name: p for p in _as_plates(self.create_plates(*args, **kwargs))}
+            if self.plate not in plates:
+                raise ValueError(
+                    f"create_plates: expected a plate named {self.plate!r} (the plate argument) "
+                    f"among those it returns, got {sorted(plates)}"
+                )
+            return plates[self.plate]
+        if callable(self.plate):
+            return self.plate(*args, **kwargs)
+        return pyro.plate(self.plate, size, dim=-1)
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         pyro.module("amortized_flow_guide", self)
         context = self.encoder(*args, **kwargs)
-        plate = (
-            self.plate(*args, **kwargs)
-            if callable(self.plate)
-            else pyro.plate(self.plate, context.shape[0], dim=-1)
-        )
+        plate = self._make_plate(context.shape[0], args, kwargs)
         transform = biject_to(self.support)
         with ExitStack() as stack:
-            stack.enter_context(plate)
-            q = self.flow(context)
+            indices = stack.enter_context(plate)
+            q = self.flow(_subsample_context(context, plate, indices))
             if _is_real_vector(self.support):
                 return pyro.sample(self.site, q)
             u = pyro.sample(f"_{self.site}_unconstrained", q, infer={"is_auxiliary": True})
@@ -478,3 +677,17 @@ class AmortizedFlowGuide(nn.Module):
             if log_det.dim() > value.dim() - 1:
                 log_det = log_det.sum(-1)
             return pyro.sample(self.site, dist.Delta(value, log_density=log_det, event_dim=1))
+
+
+def _subsample_context(context: torch.Tensor, plate: Any, indices: Any) -> torch.Tensor:
+    """The encoder's context rows of the plate's subsample: all of them if there is one per
+    subsampled data point, the subsample's rows if there is one per data point of the full plate."""
+    size = getattr(plate, "subsample_size", None)
+    if size is None or context.shape[0] == size:
+        return context
+    if context.shape[0] == plate.size and isinstance(indices, torch.Tensor):
+        return context.index_select(0, indices.to(context.device))
+    raise ValueError(
+        f"encoder: expected contexts for the {size} subsampled data points of plate "
+        f"{plate.name!r} (or for all {plate.size}), got {context.shape[0]} rows"
+    )

@@ -8,14 +8,20 @@ to Adam with a decaying step if L-BFGS produces a non-finite value. :func:`lapla
 then returns the Cholesky factor of the Laplace covariance
 :math:`\Sigma = (-\nabla^2 \ell(\hat u))^{-1}`, computed by autograd.
 
-When the negative Hessian is not positive definite (a saddle, a flat direction, a singular
-model) or the dimension is too large for a dense Hessian, a *diagonal* approximation is used
-instead (:math:`\sigma_i = 1/\sqrt{h_{ii}}` where :math:`h_{ii} > 0`, a fallback scale elsewhere),
-and a :class:`LaplaceFallbackWarning` says so.
+When the negative Hessian is indefinite but has no flat direction (a saddle, or the neck of a
+hierarchical model whose density grows without bound as a scale goes to 0, where the curvature
+along the log-scale is negative), the SoftAbs factor keeps each eigen-direction's width
+:math:`1/\sqrt{|\lambda|}` (Betancourt 2013). Coordinates the density does not depend on
+(masked-out sites) get the fallback scale, silently. When a direction has no curvature (a
+singular model) or the dimension is too large for a dense Hessian, a *diagonal* approximation is
+used instead (:math:`\sigma_i = 1/\sqrt{h_{ii}}` where :math:`h_{ii} > 0`, a fallback scale
+elsewhere), and a :class:`LaplaceFallbackWarning` says so.
 
 References:
     MacKay, *Information Theory, Inference, and Learning Algorithms*, ch. 27 (Laplace's method).
     Nocedal & Wright, *Numerical Optimization*, ch. 7 (L-BFGS).
+    Betancourt, *A General Metric for Riemannian Manifold Hamiltonian Monte Carlo*, GSI 2013
+    (SoftAbs).
 """
 
 from __future__ import annotations
@@ -170,9 +176,22 @@ def laplace_scale_tril(
 ) -> tuple[torch.Tensor, str]:
     r"""Cholesky factor ``L`` of the Laplace covariance at ``mode``, and which kind it is.
 
-    Returns ``(L, kind)`` with ``kind`` one of ``"full"`` (``L Lᵀ = (-∇²ℓ)⁻¹``),
-    ``"diagonal"`` (fallback: the Hessian was not positive definite, or ``D > max_dense_dim``)
-    or ``"fallback"`` (no usable curvature at all: ``fallback_scale · I``).
+    Returns ``(L, kind)`` with ``kind`` one of
+
+    * ``"full"``: :math:`LL^\top = P^{-1}`, :math:`P = -\nabla^2\ell(\hat u)` positive definite;
+    * ``"softabs"``: :math:`P = Q\Lambda Q^\top` is not (safely) positive definite, e.g. at the
+      "mode" of a hierarchical model whose density grows without bound as a scale goes to 0,
+      where the curvature along the log-scale is negative: :math:`LL^\top = Q\,
+      \mathrm{diag}(1/|\lambda_i|)\,Q^\top` (the SoftAbs metric of Betancourt 2013): each
+      direction keeps the width its curvature implies, whatever the sign;
+    * ``"diagonal"`` (fallback, warned: a direction without curvature, :math:`|\lambda_i| \le
+      D\varepsilon\max|\lambda|`, as in a singular model; a non-finite Hessian; or
+      ``D > max_dense_dim``) or ``"fallback"`` (no usable curvature at all:
+      ``fallback_scale · I``).
+
+    Coordinates on which ``ℓ`` does not depend at all (their row and column of the Hessian are
+    exactly zero, e.g. sites masked out with ``poutine.mask`` or ``.mask(False)``) carry no
+    curvature: they get ``fallback_scale`` and the rest is treated as above, without a warning.
 
     Example:
         >>> cov = torch.tensor([[1.0, 0.9], [0.9, 1.0]], dtype=torch.float64)
@@ -181,6 +200,10 @@ def laplace_scale_tril(
         >>> L, kind = laplace_scale_tril(logp, torch.zeros(2, dtype=torch.float64))
         >>> kind, torch.allclose(L @ L.T, cov)
         ('full', True)
+        >>> saddle = lambda u: -0.5 * u[0] ** 2 + 2.0 * u[1] ** 2     # curvature -1 and +4
+        >>> L, kind = laplace_scale_tril(saddle, torch.zeros(2, dtype=torch.float64))
+        >>> kind, L.diagonal().tolist()
+        ('softabs', [1.0, 0.5])
     """
     dim = mode.numel()
     if dim > max_dense_dim:
@@ -196,13 +219,34 @@ def laplace_scale_tril(
         return _diagonal_fallback(
             torch.full_like(mode, float("nan")), fallback_scale, "the Hessian is not finite"
         )
-    scale_tril = _full_scale_tril(precision)
-    if scale_tril is not None:
-        return scale_tril.to(mode.dtype), "full"
-    scale_tril, kind = _diagonal_fallback(
-        precision.diagonal(), fallback_scale, _why_not_full(precision)
-    )
-    return scale_tril.to(mode.dtype), kind
+    scale_tril, kind = _informative_scale_tril(precision, fallback_scale)
+    return scale_tril.to(dtype=mode.dtype, device=mode.device), kind
+
+
+def _informative_scale_tril(
+    precision: torch.Tensor, fallback_scale: float
+) -> tuple[torch.Tensor, str]:
+    """The factor of :func:`laplace_scale_tril` from a finite float64 ``precision``: full or
+    SoftAbs on the coordinates the density depends on, ``fallback_scale`` on the others; the
+    warned diagonal fallback where a direction has no curvature."""
+    dim = precision.shape[-1]
+    informative = (precision != 0).any(dim=0)
+    if not bool(informative.any()):
+        return torch.diag_embed(
+            torch.full((dim,), float(fallback_scale), dtype=precision.dtype)
+        ), "fallback"
+    idx = informative.nonzero().squeeze(-1)
+    block = precision[idx][:, idx]
+    tril, kind = _full_scale_tril(block), "full"
+    if tril is None:
+        tril, kind = _softabs_scale_tril(block), "softabs"
+    if tril is None:  # a (nearly) flat direction: no width to take from the curvature
+        diagonal = torch.zeros(dim, dtype=precision.dtype)
+        diagonal[idx] = block.diagonal()
+        return _diagonal_fallback(diagonal, fallback_scale, _why_not_full(block))
+    out = torch.diag_embed(torch.full((dim,), float(fallback_scale), dtype=precision.dtype))
+    out[idx.unsqueeze(-1), idx] = tril
+    return out, kind
 
 
 def _full_scale_tril(precision: torch.Tensor) -> torch.Tensor | None:
@@ -223,8 +267,26 @@ def _full_scale_tril(precision: torch.Tensor) -> torch.Tensor | None:
     return None
 
 
+def _softabs_scale_tril(precision: torch.Tensor) -> torch.Tensor | None:
+    r"""Cholesky factor of :math:`Q\,\mathrm{diag}(1/|\lambda|)\,Q^\top` for the symmetric
+    ``precision`` :math:`= Q\Lambda Q^\top`, or ``None`` if some :math:`|\lambda_i|` is at most
+    :math:`D\varepsilon\max|\lambda|` (a flat direction, whose width the curvature does not
+    give)."""
+    dim = precision.shape[-1]
+    eig, vec = torch.linalg.eigh(precision)
+    magnitude = eig.abs()
+    if not float(magnitude.min()) > dim * torch.finfo(eig.dtype).eps * float(magnitude.max()):
+        return None
+    cov = (vec / magnitude) @ vec.T
+    cov = 0.5 * (cov + cov.T)
+    scale_tril, info = torch.linalg.cholesky_ex(cov)
+    if int(info) != 0 or not bool(torch.isfinite(scale_tril).all()):
+        return None
+    return scale_tril
+
+
 def _why_not_full(precision: torch.Tensor) -> str:
-    """Why :func:`_full_scale_tril` rejected ``precision``, for the fallback warning."""
+    """Why neither a full nor a SoftAbs factor was taken, for the fallback warning."""
     eig = torch.linalg.eigvalsh(precision)
     eig_min, eig_max = float(eig.min()), float(eig.max())
     if eig_min > 0:
@@ -232,7 +294,10 @@ def _why_not_full(precision: torch.Tensor) -> str:
             f"the negative Hessian at the mode is too ill-conditioned for {precision.dtype} "
             f"(eigenvalues from {eig_min:.3g} to {eig_max:.3g})"
         )
-    return f"the negative Hessian at the mode is not positive definite (smallest eigenvalue {eig_min:.3g})"
+    return (
+        "the negative Hessian at the mode is not positive definite (smallest eigenvalue "
+        f"{eig_min:.3g}, a direction without curvature)"
+    )
 
 
 def newton_refine(

@@ -31,29 +31,50 @@ from .laplace import (
     laplace_approximation,
 )
 
-__all__ = ["assemble_flow", "check_latent_sites", "initial_affine", "minus_inf_on_error"]
+__all__ = [
+    "assemble_flow",
+    "check_latent_sites",
+    "initial_affine",
+    "minus_inf_on_error",
+    "model_label",
+]
 
 LogDensity = Callable[[torch.Tensor], torch.Tensor]
 
 
 # -- the latent sites ----------------------------------------------------------------------------
-def check_latent_sites(trace: pyro.poutine.Trace) -> None:
-    """Raise unless ``trace`` has latent sites, all continuous and outside subsampled plates."""
+def check_latent_sites(trace: pyro.poutine.Trace, label: str = "the model") -> None:
+    """Raise unless ``trace`` has latent sites, all continuous and outside subsampled plates.
+
+    A model without latent sites is a ``RuntimeError`` (as for Pyro's autoguides) naming the
+    model (``label``, see :func:`model_label`); a discrete or subsampled local latent is a
+    ``ValueError`` naming the site.
+    """
     latent = [s for s in trace.nodes.values() if s["type"] == "sample" and not s["is_observed"]]
-    latent = [
-        s
-        for s in latent
-        if not site_is_subsample(s)
-        and not s["infer"].get("is_auxiliary")
-        and not s["infer"].get("enumerate")
-    ]
+    latent = [s for s in latent if not site_is_subsample(s) and not s["infer"].get("is_auxiliary")]
     if not latent:
-        raise ValueError(
-            "model: FlowGuide found no latent sample sites (every site is observed); nothing to infer"
+        raise RuntimeError(
+            f"model: FlowGuide found no latent sample sites in {label} (every "
+            "sample site is observed, or there are none); nothing to infer, use an empty guide"
         )
     for site in latent:
         _check_continuous(site)
         _check_not_subsampled(site)
+
+
+def model_label(model: Any) -> str:
+    """``model`` named for messages, by its qualified name (or its type's).
+
+    Example:
+        >>> def my_model():
+        ...     pass
+        >>> model_label(my_model)
+        "model 'my_model'"
+    """
+    name = getattr(model, "__qualname__", None) or getattr(model, "__name__", None)
+    if not isinstance(name, str):
+        name = type(model).__name__
+    return f"model {name!r}"
 
 
 def _check_continuous(site: dict[str, Any]) -> None:
@@ -61,8 +82,11 @@ def _check_continuous(site: dict[str, Any]) -> None:
     if site["fn"].support.is_discrete:
         raise ValueError(
             f"model: site {site['name']!r} is discrete ({type(site['fn']).__name__}); FlowGuide "
-            "handles continuous latents only. Enumerate it (infer={'enumerate': 'parallel'} "
-            "with TraceEnum_ELBO) and hide it from the guide, or marginalize it out"
+            "handles continuous latents only. Enumerate it (infer={'enumerate': 'parallel'}, "
+            f"TraceEnum_ELBO) and hide it from the guide (FlowGuide(poutine.block(model, "
+            f"hide=[{site['name']!r}])), with AutoDiscreteParallel in an AutoGuideList if it "
+            "needs a guide), or marginalize it out; see "
+            "https://pyro.ai/examples/enumeration.html"
         )
 
 

@@ -17,6 +17,7 @@ schedules, clipping, early stopping, NaN recovery and checkpoints.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import warnings
@@ -28,7 +29,7 @@ from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO
 from pyro.infer.importance import vectorized_importance_weights
 
-from ..diagnostics.draws import check_callable, check_model_kwargs
+from ..diagnostics.draws import check_callable, check_keywords, check_model_kwargs
 from ..training.checkpoint import atomic_save
 from ..training.integrity import (
     INTEGRITY_KEY,
@@ -42,13 +43,14 @@ from ..utils.hashing import data_sha256, tensor_sha256
 from ..utils.validation import check_float, check_positive_int
 
 __all__ = [
-    "fit",
-    "make_elbo",
-    "RenyiBound",
     "ConvergenceWarning",
+    "FIT_KEYWORDS",
+    "RenyiBound",
     "default_early_stopping",
-    "guide_state_path",
+    "fit",
     "fit_fingerprint",
+    "guide_state_path",
+    "make_elbo",
 ]
 
 
@@ -198,6 +200,25 @@ def default_early_stopping(steps: int) -> EarlyStopping:
     )
 
 
+#: The keywords :func:`fit` takes (its own, then those it passes to ``train``).
+FIT_KEYWORDS = (
+    "steps",
+    "elbo",
+    "num_particles",
+    "vectorize_particles",
+    "alpha",
+    "max_plate_nesting",
+    "lr",
+    "early_stopping",
+    "model_kwargs",
+    *(
+        name
+        for name, p in inspect.signature(train).parameters.items()
+        if p.kind is p.KEYWORD_ONLY and name not in ("lr", "early_stopping")
+    ),
+)
+
+
 def fit(
     model: Callable,
     guide: Callable,
@@ -225,9 +246,13 @@ def fit(
             rate by 10 twice, then stop, at plateaus of the smoothed ELBO); a
             :class:`ConvergenceWarning` says when ``steps`` ran out first. ``None`` runs all
             ``steps`` at ``lr`` (or its ``lr_schedule``).
-        model_kwargs: keyword arguments of the model and guide.
+        model_kwargs: the keyword arguments of the model and guide, as one dict: they are
+            called as ``model(*args, **model_kwargs)`` (the convention of every pyro-nf
+            function that runs a model; nothing else is passed to the model).
         **train_kwargs: passed to :func:`pyro_nf.training.train` (``optimizer``, ``lr_schedule``,
-            ``clip_norm``, ``early_stopping``, ``checkpoint``, ``progress``, ...).
+            ``clip_norm``, ``checkpoint``, ``progress``, ...). Any other keyword (a model
+            keyword given directly, a misspelling) is refused at once, before any trace, with
+            a ``TypeError`` naming it (``FIT_KEYWORDS`` lists those taken).
 
     Returns:
         The :class:`~pyro_nf.training.History`; ``history.losses`` are negative ELBO estimates.
@@ -244,6 +269,7 @@ def fit(
         >>> abs(guide.median()["z"].item() - 3.0) < 0.1
         True
     """
+    check_keywords("fit", train_kwargs, FIT_KEYWORDS)
     _check_fit_arguments(model, guide, steps, lr, early_stopping, vectorize_particles)
     _check_nesting(max_plate_nesting)
     kwargs = check_model_kwargs(model_kwargs)

@@ -75,7 +75,7 @@ from .optim import (
     named_params,
     scale_lr,
 )
-from .progress import ProgressBar
+from .progress import ProgressBar, check_progress
 from .runinfo import check_checkpoint_args, defer_sigint, run_fingerprint
 from .stopping import EarlyStopping, Plateau, make_trackers
 
@@ -323,7 +323,7 @@ def train(
     fingerprint: Mapping[str, Any] | None = None,
     nan_policy: str = "restore",
     max_nan_restores: int = 5,
-    progress: bool = True,
+    progress: bool | None = None,
     desc: str = "fit",
     callback: Callable[[int, History], bool | None] | None = None,
     distributed: bool | None = None,
@@ -360,8 +360,9 @@ def train(
             puts back the last finite step's state and halves the lr, up to ``max_nan_restores``
             times; ``"raise"`` raises :class:`TrainingDivergedError` at once
             (:class:`~pyro_nf.training.guard.NaNGuard` states the rule).
-        progress, desc: tqdm bar labelled ``desc`` showing the smoothed loss (off when stderr
-            is not a TTY).
+        progress, desc: a ``tqdm.auto`` bar labelled ``desc`` showing the smoothed loss (a
+            widget in Jupyter): ``True`` always, ``None`` when interactive (stderr is a terminal
+            or a Jupyter kernel runs), ``False`` never (:mod:`~pyro_nf.training.progress`).
         callback: ``(step, history) -> bool``, called after every step; ``True`` stops.
         distributed: data-parallel over the initialized ``torch.distributed`` group (``None``:
             iff ``world_size > 1``); ``loss_fn`` takes its rank's part of a batch with
@@ -383,6 +384,7 @@ def train(
     counts = {"validate_every": validate_every, "checkpoint_every": checkpoint_every}
     settings = _check_settings(steps, lr, clip_norm, nan_policy, counts, max_nan_restores)
     path = check_checkpoint_args(checkpoint, resume, fingerprint)
+    progress = check_progress(progress)
     run = _Run(loss_fn, params, **settings, optimizer=optimizer, lr=lr, lr_schedule=lr_schedule,
                clip_norm=clip_norm, early_stopping=early_stopping, validate_fn=validate_fn,
                restore_best=restore_best, checkpoint=path, resume=resume,
@@ -403,13 +405,13 @@ def train(
 
 
 def _loop(
-    run: _Run, progress: bool, desc: str, callback: Callable[[int, History], Any] | None
+    run: _Run, progress: bool | None, desc: str, callback: Callable[[int, History], Any] | None
 ) -> None:
     """The steps of :func:`train` from where the run (re)starts, until it stops; a first
     Ctrl-C stops it at the end of the step (``stop_reason="interrupted"``)."""
     history, start = run.state.history, run.state.step
     with (
-        ProgressBar(run.steps, start, desc, progress and run.is_main) as bar,
+        ProgressBar(run.steps, start, desc, progress if run.is_main else False) as bar,
         defer_sigint(enabled=run.parallel is None) as sigint,
     ):
         for step in range(start, run.steps):

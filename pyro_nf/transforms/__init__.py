@@ -7,6 +7,12 @@ from .coupling import CouplingTransform
 from .permute import Permute, Reverse
 from .planar import PlanarInverseError, PlanarTransform, planar_constraint
 from .radial import RadialTransform
+from .spline import (
+    SplineAutoregressiveTransform,
+    SplineCouplingTransform,
+    rational_quadratic_spline,
+    spline_parameters,
+)
 
 __all__ = [
     "FLOAT32_SAFE_MAGNITUDE",
@@ -22,6 +28,10 @@ __all__ = [
     "PlanarTransform",
     "RadialTransform",
     "Reverse",
+    "SplineAutoregressiveTransform",
+    "SplineCouplingTransform",
     "inverse_softplus",
     "planar_constraint",
+    "rational_quadratic_spline",
+    "spline_parameters",
 ]

@@ -14,10 +14,18 @@ Subclasses implement two methods and get everything else for free:
 Both log-determinants have shape ``x.shape[:-1]`` (one value per vector). Caching is off
 (``cache_size=0``): pyro-nf never relies on a transform remembering the last tensor it saw,
 which is the source of the stale-cache and ``KeyError`` bugs of Pyro's planar/radial flows.
+Code that wants torch's one-entry cache (``ComposeTransform(..., cache_size=1)``, Pyro's
+reparameterizers) gets it from :meth:`FlowTransform.with_cache`, which returns an equivalent
+transform sharing the parameters.
+
+Every pyro-nf transform preserves orientation (``sign = +1``: its Jacobian determinant is
+positive) except the permutations, whose :attr:`~FlowTransform.sign` is the permutation's parity.
 """
 
 from __future__ import annotations
 
+import copy
+import math
 import warnings
 
 import torch
@@ -28,6 +36,7 @@ __all__ = [
     "ChainTransform",
     "FlowTransform",
     "InverseFlowTransform",
+    "check_cache_size",
     "sum_to",
     "warn_if_float32_unsafe",
 ]
@@ -50,8 +59,8 @@ class FlowTransform(Transform):
     codomain = constraints.independent(constraints.real, 1)
     bijective = True
 
-    def __init__(self, dim: int) -> None:
-        super().__init__(cache_size=0)
+    def __init__(self, dim: int, cache_size: int = 0) -> None:
+        super().__init__(cache_size=check_cache_size(cache_size))
         self.dim = dim
 
     # -- the primitive -------------------------------------------------------------------------
@@ -77,6 +86,33 @@ class FlowTransform(Transform):
     def inv(self) -> FlowTransform:  # type: ignore[override]
         return InverseFlowTransform(self)
 
+    @property
+    def sign(self) -> int:
+        """The sign of ``det ∂y/∂x``: ``+1`` (orientation preserving) unless overridden."""
+        return 1
+
+    def with_cache(self, cache_size: int = 1) -> FlowTransform:
+        """This transform with torch's ``cache_size`` (0: none, 1: the last pair ``(x, y)``).
+
+        Returns ``self`` if the cache size is already ``cache_size``, else a shallow copy that
+        shares every parameter tensor and network (gradients reach the same leaves) with its own
+        empty cache.
+
+        Example:
+            >>> from pyro_nf.transforms import Reverse
+            >>> t = Reverse(3).with_cache(1)
+            >>> x = torch.tensor([1.0, 2.0, 3.0])
+            >>> y = t(x)
+            >>> t.inv(y) is x          # the cached preimage
+            True
+        """
+        check_cache_size(cache_size)
+        if self._cache_size == cache_size:
+            return self
+        new = copy.copy(self)
+        Transform.__init__(new, cache_size=cache_size)
+        return new
+
     def __eq__(self, other: object) -> bool:
         return self is other
 
@@ -95,7 +131,7 @@ class InverseFlowTransform(FlowTransform):
     """
 
     def __init__(self, base: FlowTransform) -> None:
-        super().__init__(base.dim)
+        super().__init__(base.dim, cache_size=base._cache_size)
         self.base = base
 
     def forward_and_log_det(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,6 +143,20 @@ class InverseFlowTransform(FlowTransform):
     @property
     def inv(self) -> FlowTransform:  # type: ignore[override]
         return self.base
+
+    @property
+    def sign(self) -> int:
+        return self.base.sign
+
+    # the inverse shares its base's cache, as torch's own inverse transforms do
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base._inv_call(x)
+
+    def _inv_call(self, y: torch.Tensor) -> torch.Tensor:
+        return self.base(y)
+
+    def with_cache(self, cache_size: int = 1) -> FlowTransform:
+        return self.base.with_cache(cache_size).inv
 
 
 class ChainTransform(FlowTransform):
@@ -139,6 +189,24 @@ class ChainTransform(FlowTransform):
             y, ladj = part.inverse_and_log_det(y)
             total = total + ladj
         return y, total
+
+    @property
+    def sign(self) -> int:
+        return math.prod(part.sign for part in self.parts)
+
+
+def check_cache_size(cache_size: int) -> int:
+    """Return ``cache_size`` if it is 0 or 1 (torch's cache sizes), else raise ``ValueError``.
+
+    Example:
+        >>> check_cache_size(2)
+        Traceback (most recent call last):
+        ...
+        ValueError: cache_size: expected 0 or 1, got 2
+    """
+    if isinstance(cache_size, bool) or cache_size not in (0, 1):
+        raise ValueError(f"cache_size: expected 0 or 1, got {cache_size!r}")
+    return cache_size
 
 
 def sum_to(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:

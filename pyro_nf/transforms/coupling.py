@@ -73,11 +73,14 @@ class CouplingTransform(FlowTransform):
         if self.context is not None:
             shape = torch.broadcast_shapes(inp.shape[:-1], self.context.shape[:-1])
             inp = torch.cat([self.context.expand(*shape, -1), inp.expand(*shape, -1)], dim=-1)
-        s, t = self.net(inp).chunk(2, dim=-1)
-        free = 1.0 - self.mask
+        out = self.net(inp)
+        # slices, not ``chunk``: NICE leaves ``s`` unused, and TorchScript's autodiff (Pyro's
+        # JitTrace_ELBO) cannot differentiate a chunk with an unused output
+        t = out[..., self.dim :] * (1.0 - self.mask)
         if self.kind == "additive":
-            return None, t * free
-        return self.scale_bound * torch.tanh(s / self.scale_bound) * free, t * free
+            return None, t
+        s = out[..., : self.dim]
+        return self.scale_bound * torch.tanh(s / self.scale_bound) * (1.0 - self.mask), t
 
     def forward_and_log_det(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s, t = self._scale_shift(x)

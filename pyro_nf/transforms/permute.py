@@ -10,7 +10,7 @@ import torch
 
 from .base import FlowTransform
 
-__all__ = ["Permute", "Reverse"]
+__all__ = ["Permute", "Reverse", "permutation_parity"]
 
 
 class Permute(FlowTransform):
@@ -45,6 +45,33 @@ class Permute(FlowTransform):
     def inverse_and_log_det(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return y[..., self.inverse_perm.to(y.device)], y.new_zeros(y.shape[:-1])
 
+    @property
+    def sign(self) -> int:
+        """The parity of the permutation (``det`` of its permutation matrix): ``±1``.
+
+        Example:
+            >>> Permute(torch.tensor([1, 0, 2])).sign, Permute(torch.tensor([1, 2, 0])).sign
+            (-1, 1)
+        """
+        return permutation_parity(self.perm.tolist())
+
+
+def permutation_parity(perm: list[int]) -> int:
+    """``+1`` for an even permutation of ``0..D-1``, ``-1`` for an odd one (by its cycles).
+
+    Example:
+        >>> permutation_parity([2, 1, 0]), permutation_parity([0, 1, 2, 3])
+        (-1, 1)
+    """
+    seen, sign = [False] * len(perm), 1
+    for start in range(len(perm)):
+        length, i = 0, start
+        while not seen[i]:
+            seen[i], i, length = True, perm[i], length + 1
+        if length % 2 == 0 and length > 0:
+            sign = -sign
+    return sign
+
 
 class Reverse(FlowTransform):
     """Reverse the order of the coordinates (its own inverse).
@@ -59,3 +86,13 @@ class Reverse(FlowTransform):
 
     def inverse_and_log_det(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return y.flip(-1), y.new_zeros(y.shape[:-1])
+
+    @property
+    def sign(self) -> int:
+        """``(-1)^{⌊D/2⌋}``: reversing ``D`` coordinates is ``⌊D/2⌋`` swaps.
+
+        Example:
+            >>> Reverse(2).sign, Reverse(4).sign
+            (-1, 1)
+        """
+        return -1 if (self.dim // 2) % 2 else 1

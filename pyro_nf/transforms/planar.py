@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from ..utils.validation import check_positive_int
 from .base import FlowTransform, sum_to, warn_if_float32_unsafe
 
-__all__ = ["PlanarTransform", "planar_constraint", "PlanarInverseError"]
+__all__ = ["PlanarInverseError", "PlanarTransform", "planar_chain", "planar_constraint"]
 
 #: The shift of pyro-nf's constraint m(a) = -1 + softplus(a + log(e - 1)), so that m(0) = 0.
 PLANAR_SHIFT = math.log(math.e - 1.0)
@@ -132,7 +132,10 @@ class PlanarTransform(FlowTransform):
         self.u_hat, self.m, self.one_plus_m = planar_constraint(u, w)
 
     def forward_and_log_det(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        y, tanhs = _PlanarChain.apply(x, self.w, self.b, self.u_hat)
+        # a TorchScript trace (torch.jit.trace_module, Pyro's JitTrace_ELBO) cannot export the
+        # fused autograd node: traced, the same maps run as plain tensor operations
+        chain = planar_chain if torch.jit.is_tracing() else _PlanarChain.apply
+        y, tanhs = chain(x, self.w, self.b, self.u_hat)
         return y, _log_det(tanhs, self.one_plus_m).sum(-1)
 
     def inverse_and_log_det(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,6 +152,29 @@ class PlanarTransform(FlowTransform):
             y = y - t.unsqueeze(-1) * u_hat[..., k, :]
             ladj = ladj - _log_det(t, self.one_plus_m[..., k])
         return y, ladj.expand(y.shape[:-1]) if ladj.dim() == 0 else ladj
+
+
+def planar_chain(
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, u_hat: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The ``K`` planar maps in plain (traceable, twice differentiable) tensor operations.
+
+    :math:`x_k = x_{k-1} + \hat u_k \tanh(w_k^\top x_{k-1} + b_k)`; returns :math:`x_K` and
+    the stacked :math:`\tanh(s_k)`, shape ``(..., K)``. The same values as the fused autograd
+    node pyro-nf uses outside tracing (to rounding).
+
+    Example:
+        >>> x, w = torch.tensor([[1.0, 2.0]]), torch.tensor([[1.0, 0.0]])
+        >>> y, tanhs = planar_chain(x, w, torch.zeros(1), torch.tensor([[0.5, 0.0]]))
+        >>> torch.allclose(y, x + torch.tensor([0.5, 0.0]) * torch.tanh(torch.tensor(1.0)))
+        True
+    """
+    tanhs = []
+    for w_k, b_k, u_k in zip(w.unbind(-2), b.unbind(-1), u_hat.unbind(-2), strict=True):
+        t = torch.tanh(_dot(x, w_k) + b_k)
+        tanhs.append(t)
+        x = x + t.unsqueeze(-1) * u_k
+    return x, torch.stack(tanhs, dim=-1)
 
 
 class _PlanarChain(torch.autograd.Function):

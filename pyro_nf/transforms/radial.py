@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from .base import FlowTransform, sum_to, warn_if_float32_unsafe
 
-__all__ = ["RadialTransform"]
+__all__ = ["RadialTransform", "radial_chain"]
 
 
 class RadialTransform(FlowTransform):
@@ -75,7 +75,10 @@ class RadialTransform(FlowTransform):
         return first + second
 
     def forward_and_log_det(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return _RadialChain.apply(x, self.z0, self.alpha, self.alpha_plus_beta)
+        # a TorchScript trace (torch.jit.trace_module, Pyro's JitTrace_ELBO) cannot export the
+        # fused autograd node: traced, the same maps run as plain tensor operations
+        chain = radial_chain if torch.jit.is_tracing() else _RadialChain.apply
+        return chain(x, self.z0, self.alpha, self.alpha_plus_beta)
 
     def inverse_and_log_det(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         warn_if_float32_unsafe("radial", self.z0, self.alpha, self.alpha_plus_beta)
@@ -101,6 +104,35 @@ class RadialTransform(FlowTransform):
             step = torch.where(far, 0.0, -self._log_det(r, k))
             ladj = step if ladj is None else ladj + step
         return y, ladj
+
+
+def radial_chain(
+    x: torch.Tensor, z0: torch.Tensor, alpha: torch.Tensor, apb: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The ``K`` radial maps and their summed log-determinant in plain (traceable, twice
+    differentiable) tensor operations: ``(x, z0, α, α+β) -> (y, Σ_k log|det J_k|)``.
+
+    The same values as the fused autograd node pyro-nf uses outside tracing (to rounding).
+
+    Example:
+        >>> x, z0 = torch.tensor([[3.0, 4.0]]), torch.zeros(1, 2)
+        >>> y, ladj = radial_chain(x, z0, torch.ones(1), torch.full((1,), 2.0))  # β = 1, r = 5
+        >>> torch.allclose(y, x * (1 + 1 / 6))
+        True
+    """
+    dim = x.shape[-1]
+    radii = []
+    beta = apb - alpha
+    for z0_k, a_k, b_k in zip(z0.unbind(-2), alpha.unbind(-1), beta.unbind(-1), strict=True):
+        diff = x - z0_k
+        r = torch.linalg.vector_norm(diff, dim=-1)
+        x = x + (b_k / (a_k + r)).unsqueeze(-1) * diff
+        radii.append(r)
+    r = torch.stack(radii, dim=-1)
+    h = torch.reciprocal(alpha + r)
+    q = r * (r + 2 * alpha) + alpha * apb  # (α+r)² + αβ > 0
+    log_det = (dim - 1) * torch.log((apb + r) * h) + torch.log(q * h * h)
+    return x, log_det.sum(-1)
 
 
 class _RadialChain(torch.autograd.Function):

@@ -86,7 +86,7 @@ def fit_vae_distributed(
     checkpoint_every: int | None = None,
     resume: bool = True,
     nan_policy: str = "raise",
-    progress: bool = True,
+    progress: bool | None = None,
     desc: str = "vae-ddp",
     callback: Callable[[int, History], bool | None] | None = None,
 ) -> History:

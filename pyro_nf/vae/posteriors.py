@@ -225,7 +225,9 @@ def _family_posterior(
     family.check_dim(dim, argname="dim")
     depth = family.vae_depth if depth is None else check_positive_int("depth", depth)
     extra = {} if kind in ("planar", "radial") else {"hidden": hidden}
-    return family.builder(dim, depth, context_dim=context_dim, **extra)
+    return family.builder(
+        dim, depth, context_dim=context_dim, **{**family.vae_kwargs(dim), **extra}
+    )
 
 
 def _pyro_posterior(

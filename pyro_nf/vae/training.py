@@ -257,7 +257,7 @@ class VAETrainConfig:
     checkpoint_every: int | None = None
     resume: bool = True
     nan_policy: str = "raise"
-    progress: bool = True
+    progress: bool | None = None
     desc: str = "vae"
     callback: Callable[[int, History], bool | None] | None = None
     distributed: bool | None = False
@@ -462,7 +462,7 @@ def fit_vae(
     checkpoint_every: int | None = None,
     resume: bool = True,
     nan_policy: str = "raise",
-    progress: bool = True,
+    progress: bool | None = None,
     desc: str = "vae",
     callback: Callable[[int, History], bool | None] | None = None,
 ) -> History:

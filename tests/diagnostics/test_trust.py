@@ -45,6 +45,9 @@ def test_report_flags_a_biased_guide_that_reweighting_can_correct():
     assert report.reweighting_reliable and report.khat < 0.5
     assert report.max_shift > 0.15 and not report.trustworthy
     assert "reweighting moves 'z'" in str(report) and "reweighted_summary" in str(report)
+    # a second, independent batch of draws confirms the shifts: reweighting is recommended
+    assert report.reweighting_disagreement is not None and report.reweighting_disagreement < 0.1
+    assert report.reweighting_confirmed and report.next_step == "reweight"
     # a looser tolerance accepts it; a bad tolerance is a clear error
     assert pyro_nf.diagnose(model, guide, num_samples=4000, shift_tolerance=0.5).trustworthy
     with pytest.raises(ValueError, match="shift_tolerance: expected a positive finite float"):
@@ -97,3 +100,67 @@ def test_convergence_detection_does_not_stop_a_run_that_is_still_improving():
         history = pyro_nf.fit(gaussian_model, guide, steps=600, lr=2e-3, progress=False)
     assert not history.converged and history.num_steps == 600
     assert history.smoothed[-1] < history.smoothed[300] < history.smoothed[0]
+
+
+class _DriftingGuide:
+    """A guide whose location moves at every call (each batch of draws is one vectorized call):
+    its reweighting shifts are not reproducible, as with weights ruled by a few large ones."""
+
+    def __init__(self):
+        self.gen = torch.Generator().manual_seed(0)
+
+    def __call__(self):
+        loc = 0.5 * torch.randn(2, generator=self.gen)
+        return pyro.sample("z", dist.Normal(loc, 1.2).to_event(1))
+
+
+def _two_normals():
+    pyro.sample("z", dist.Normal(torch.zeros(2), torch.ones(2)).to_event(1))
+
+
+def test_reweighting_is_not_recommended_when_a_second_batch_disagrees():
+    pyro.set_rng_seed(0)
+    guide = _DriftingGuide()
+    report = pyro_nf.diagnose(_two_normals, guide, num_samples=4000)
+    assert report.reweighting_reliable and not report.trustworthy  # k-hat alone would allow it
+    assert report.reweighting_disagreement > 0.3 and not report.reweighting_confirmed
+    assert report.next_step == "refine"
+    text = str(report)
+    assert "reweighted_summary" not in text and "two independent batches" in text
+    assert "pyro_nf.refine(model, guide, ...)" in text and "next step       refine" in text
+
+
+def test_a_trustworthy_or_hopeless_guide_needs_no_second_batch():
+    def guide():
+        pyro.sample("z", dist.Normal(torch.zeros(2), torch.ones(2)).to_event(1))
+
+    pyro.set_rng_seed(0)
+    good = pyro_nf.diagnose(_two_normals, guide, num_samples=500)
+    assert good.trustworthy and good.next_step == "none" and good.reweighting_disagreement is None
+
+    def narrow():
+        pyro.sample("z", dist.Normal(torch.zeros(2), 0.2).to_event(1))
+
+    bad = pyro_nf.diagnose(_two_normals, narrow, num_samples=500)
+    assert not bad.reweighting_reliable and bad.next_step == "refine"
+    assert bad.reweighting_disagreement is None and "k-hat" in str(bad) and "refine" in str(bad)
+
+
+def test_report_refine_runs_the_attached_refiner():
+    pyro.set_rng_seed(0)
+
+    def narrow():
+        pyro.sample("z", dist.Normal(torch.zeros(2), 0.2).to_event(1))
+
+    report = pyro_nf.diagnose(_two_normals, narrow, num_samples=200)
+    with pytest.raises(ValueError, match="refiner: this report has none attached"):
+        report.refine()
+    calls = []
+    attached = report.with_refiner(lambda **kw: calls.append(kw) or "draws")
+    assert attached.refine(num_chains=2, seed=5) == "draws" and calls == [
+        {"num_chains": 2, "seed": 5}
+    ]
+    assert attached == report  # the refiner is not part of the measured numbers
+    assert "report.refine()" in str(attached) and "report.refine()" not in str(report)
+    with pytest.raises(ValueError, match="refiner: expected a callable, got int"):
+        report.with_refiner(3)

@@ -102,3 +102,24 @@ def test_missing_matplotlib_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     with pytest.raises(ImportError, match=r"pyro-nf\[examples\]"):
         plot_samples_2d(torch.zeros(3, 2))
+
+
+def test_axis_labels_default_custom_none_and_bad():
+    normal = torch.distributions.MultivariateNormal(torch.zeros(2), torch.eye(2))
+    ax = plot_density_2d(normal, n=10, colorbar=True)
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("x1", "x2")
+    assert ax.figure.axes[-1].get_ylabel() == "density"  # the colorbar's label
+    ax = plot_density_2d(normal, n=10, log=True, colorbar=True, labels=("theta", "log tau"))
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("theta", "log tau")
+    assert ax.figure.axes[-1].get_ylabel() == "log density"
+    ax = plot_samples_2d(torch.randn(20, 2), labels=None)
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("", "")
+    ax = plot_samples_2d(torch.randn(20, 2), labels=["a", "b"])
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("a", "b")
+    figures = len(plt.get_fignums())
+    for bad in ("x", ("x",), ("x", "y", "z"), 3):
+        with pytest.raises(ValueError, match="^labels: expected None or two axis labels"):
+            plot_density_2d(normal, n=10, labels=bad)
+        with pytest.raises(ValueError, match="^labels: expected None or two axis labels"):
+            plot_samples_2d(torch.randn(5, 2), labels=bad)
+    assert len(plt.get_fignums()) == figures  # refused before drawing anything

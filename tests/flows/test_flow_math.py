@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import FAMILIES, make_context, make_flow
 
+from pyro_nf.flows.registry import build_flow, family_names, get_family
 from pyro_nf.transforms import ChainTransform
 
 BATCH_SHAPES = [(), (3,), (2, 3)]
@@ -174,3 +175,20 @@ def test_reset_parameters_gives_a_fresh_start(family, amortized):
     random_parts = [not torch.equal(a, b) for a, b in zip(first, flow.parameters(), strict=True)]
     assert any(random_parts), "a fresh start should redraw the random initial values"
     assert torch.allclose(flow(context).log_prob(x), base, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", family_names())
+def test_repr_names_family_dim_depth_and_context(name):
+    import inspect
+
+    builder = get_family(name).builder
+    if "dim" not in inspect.signature(builder).parameters:  # "stack": a composition of specs
+        parts = [("iaf", {"dim": 3, "depth": 2}), ("radial", {"dim": 3, "base": "standard"})]
+        flow, expected = build_flow(name, parts=parts), "Flow(family='iaf+radial', dim=3, depth=6"
+        assert repr(flow) == expected + ", context_dim=None)"
+        return
+    takes_depth = "depth" in inspect.signature(builder).parameters
+    flow = builder(3, context_dim=2, **({"depth": 5} if takes_depth else {}))
+    depth = 5 if takes_depth else 0  # the Gaussians are affine layers only: no maps
+    assert repr(flow) == f"Flow(family={name!r}, dim=3, depth={depth}, context_dim=2)"
+    assert "Parameter" not in repr(flow) and "\n" not in repr(flow)

@@ -87,7 +87,7 @@ def test_registry_errors():
         family_names("gpu")
 
 
-@pytest.mark.parametrize("name", ["nice", "realnvp"])
+@pytest.mark.parametrize("name", ["nice", "realnvp", "spline_coupling"])
 def test_min_dim_is_enforced_for_every_use(name):
     def one_dim():
         pyro.sample("x", dist.Normal(0.0, 1.0))
@@ -105,6 +105,19 @@ def test_builtin_defaults_are_the_documented_ones():
     assert depths["nice"] == (4, 4) and depths["realnvp"] == (4, 4)
     assert depths["gaussian"] == (None, None) and depths["stack"] == (None, None)
     assert get_family("iaf").guide_kwargs(3) == {"update": "affine", "hidden": (10,)}
+    assert depths["spline_autoregressive"] == (2, 2) and depths["spline_coupling"] == (4, 4)
+    # guides and VAE encoders sample: the autoregressive spline in its IAF orientation there
+    spline = get_family("spline_autoregressive")
+    assert spline.guide_kwargs(3) == spline.vae_kwargs(3) == {"invert": False}
+    assert get_family("iaf").vae_kwargs(3) == {}
+
+
+def test_a_family_can_register_vae_defaults():
+    register_family("vae_kw", pyro_nf.iaf, vae_depth=1, vae_kwargs=lambda dim: {"hidden": (dim,)})
+    try:
+        assert get_family("vae_kw", use="vae").vae_kwargs(5) == {"hidden": (5,)}
+    finally:
+        unregister_family("vae_kw")
 
 
 def test_flow_distribution_needs_only_the_protocol():

@@ -168,6 +168,21 @@ def test_estimator_errors_speak_cli_flags(tmp_path, capsys):
     assert "data (its number of columns):" in line
 
 
+@pytest.mark.parametrize(
+    "library, cli_words",
+    [
+        ("n: expected an integer >= 1, got 0", "-n: expected an integer >= 1, got 0"),
+        ("seed: expected an int, got 'x'", "--seed: expected an int, got 'x'"),
+        ("lr: expected a positive finite float, got inf", "--lr: expected a positive"),
+        ("x: expected 2 columns (batch_size=8)", "data: expected 2 columns (--batch-size 8)"),
+        ("path: expected a DensityEstimator file", "model: expected a DensityEstimator file"),
+        ("weight_decay: expected a float", "weight_decay: expected a float"),  # no such flag
+    ],
+)
+def test_library_messages_in_cli_terms(library, cli_words):
+    assert cli._cli_terms(library).startswith(cli_words)
+
+
 # -- output paths ----------------------------------------------------------------------------------
 
 
@@ -209,15 +224,18 @@ def test_unwritable_out_directory_simulated(tmp_path, capsys, no_fit, monkeypatc
 
 
 def failing_save(monkeypatch, bad: set[str]) -> None:
-    """Make ``DensityEstimator.save`` fail (disk full) on the paths in ``bad`` (all if empty)."""
-    save = DensityEstimator.save
+    """Make the model file's atomic write fail (disk full) on the paths in ``bad`` (all if
+    empty)."""
+    from pyro_nf.training import checkpoint
 
-    def patched(self, path):
+    save = checkpoint.atomic_save
+
+    def patched(obj, path, argname="checkpoint"):
         if not bad or os.fspath(path) in bad:
             raise OSError(errno.ENOSPC, "No space left on device")
-        save(self, path)
+        save(obj, path, argname)
 
-    monkeypatch.setattr(DensityEstimator, "save", patched)
+    monkeypatch.setattr(checkpoint, "atomic_save", patched)
 
 
 def test_write_failing_after_the_fit_saves_a_fallback(tmp_path, capsys, monkeypatch):
@@ -288,6 +306,13 @@ def damage(model: Path, folder: Path, how: str) -> Path:
             blob["spec"] = {"name": "maf", "kwargs": {"dim": 2, "depth": "five"}}
         elif how == "missing key":
             del blob["dim"]
+        elif how == "edited columns":  # the integrity record no longer matches
+            blob["columns"] = ["a", "b"]
+        elif how == "bad columns":  # integrity recomputed: only the field check can tell
+            from pyro_nf.training.integrity import INTEGRITY_KEY, integrity_record
+
+            blob["columns"] = ["a", "b", "c"]
+            blob[INTEGRITY_KEY] = integrity_record(blob)
         blob["state_dict"] = state
         torch.save(blob if how != "not a dict" else [blob], path)
     return path
@@ -303,6 +328,8 @@ DAMAGES = [
     "bad spec",
     "missing key",
     "not a dict",
+    "edited columns",
+    "bad columns",
 ]
 
 

@@ -87,6 +87,8 @@ def test_documented_summaries_and_diagnostics():
     pyro_nf.fit(model, guide, steps=2, model_kwargs={"x": X}, progress=False, early_stopping=None)
     assert isinstance(guide.report(X), pyro_nf.TrustReport)
     assert isinstance(guide.report(X, num_samples=100), pyro_nf.TrustReport)
+    report = guide.report(num_samples=100, model_kwargs={"x": X})  # the one convention
+    assert isinstance(report, pyro_nf.TrustReport)
     assert isinstance(pyro_nf.diagnose(model, guide, X, num_samples=50), pyro_nf.TrustReport)
     summary = pyro_nf.reweighted_summary(model, guide, X, num_samples=100)
     assert sorted(summary) == ["mu", "tau"]
@@ -99,6 +101,9 @@ def test_documented_summaries_and_diagnostics():
         out = guide.quantiles(q, num_samples=200)
         assert out["mu"].shape == (torch.as_tensor(q).numel(),)
     assert guide.median(num_samples=200)["tau"].shape == ()
+    # as Pyro's autoguides, median and quantiles take the model's arguments (and ignore them)
+    assert torch.equal(guide.median(X)["mu"], guide.median(model_kwargs={"x": X})["mu"])
+    assert guide.quantiles([0.5], X, model_kwargs={})["mu"].shape == (1,)
     assert torch.equal(guide.median(seed=3)["mu"], guide.median(seed=3)["mu"])
 
 
@@ -123,9 +128,72 @@ def test_the_issue_examples_fail_early_naming_the_argument():
     with pytest.raises(ValueError, match="at least 21"):
         guide.report(X, num_samples=1)
     expect_error("init_scal", pyro_nf.FlowGuide, model, init_scal=0.1)
-    expect_error("create_plates", pyro_nf.FlowGuide, model, create_plates=lambda *a: [])
+    expect_error("create_plates", pyro_nf.FlowGuide, model, create_plates=3)
     expect_error("flow", pyro_nf.FlowGuide, model, flow=pyro_nf.planar(2, context_dim=3))
     expect_error("depth", pyro_nf.FlowGuide, model, flow=pyro_nf.planar(2), depth=3)
+
+
+def test_unknown_keywords_are_refused_at_once_naming_them():
+    calls = []
+
+    def counted(x):
+        calls.append(1)
+        model(x)
+
+    def refused(match, fn, *args, **kwargs):
+        with pytest.raises(TypeError, match=match):
+            fn(*args, **kwargs)
+
+    for flow in ("iaf", "planar", pyro_nf.planar(2), lambda dim: pyro_nf.radial(dim)):
+        refused(
+            "^init_scal: .*did you mean 'init_scale'",
+            pyro_nf.FlowGuide,
+            counted,
+            flow,
+            init_scal=0.1,
+        )
+    refused("^hiden: .*did you mean 'hidden'", pyro_nf.FlowGuide, counted, "iaf", hiden=(3,))
+    refused("^create_plate: .*'create_plates'", pyro_nf.FlowGuide, counted, create_plate=None)
+    guide = pyro_nf.FlowGuide(counted, "planar", 2)
+    # fit: a misspelt option or a model keyword given directly is refused before any trace
+    refused(
+        "^num_particle: .*fit; did you mean 'num_particles'",
+        pyro_nf.fit,
+        counted,
+        guide,
+        X,
+        num_particle=4,
+    )
+    refused("^x: .*of fit; .*model_kwargs=", pyro_nf.fit, counted, guide, x=X)
+    refused("^progres: .*'progress'", pyro_nf.fit, counted, guide, X, progres=False)
+    assert calls == [] and guide.prototype_trace is None
+    guide = fitted_guide()
+    refused("^x: .*FlowGuide.report; .*model_kwargs=", guide.report, x=X)
+    refused("^num_sample: .*did you mean 'num_samples'", guide.report, X, num_sample=100)
+    refused("^x: .*FlowGuide.median", guide.median, x=X)
+    refused("^sed: .*did you mean 'seed'", guide.quantiles, [0.5], sed=1)
+    expect_error("model_kwargs", guide.median, model_kwargs=[X])
+    expect_error("model_kwargs", guide.report, X, model_kwargs=X)
+    flow, encoder = pyro_nf.planar(2, context_dim=4), torch.nn.Linear(1, 4)
+    refused(
+        "^plates: .*did you mean 'plate'",
+        pyro_nf.AmortizedFlowGuide,
+        "z",
+        flow,
+        encoder,
+        plates="data",
+    )
+    expect_error("create_plates", pyro_nf.AmortizedFlowGuide, "z", flow, encoder, create_plates=1)
+
+
+def test_a_model_without_latent_sites_is_a_runtime_error_naming_it():
+    def only_data(x):
+        pyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
+
+    with pytest.raises(
+        RuntimeError, match="^model: FlowGuide found no latent sample sites in model '.*only_data'"
+    ):
+        pyro_nf.FlowGuide(only_data)(X)
 
 
 # -- hypothesis: wrong types and values --------------------------------------------------------

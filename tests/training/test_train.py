@@ -646,10 +646,129 @@ def test_bad_params_and_loss():
         )
 
 
-def test_progress_bar_is_off_when_not_a_tty(capsys):
+# -- progress: True always, None when interactive (a terminal or a Jupyter kernel), False never ---
+
+
+class _RecordingBar:
+    """Stands in for ``tqdm.auto.tqdm``: records its keywords, postfixes and updates."""
+
+    made: list[_RecordingBar] = []
+
+    def __init__(self, **kwargs):
+        self.kwargs, self.postfixes, self.n = kwargs, [], kwargs.get("initial", 0)
+        _RecordingBar.made.append(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def set_postfix(self, **kwargs):
+        self.postfixes.append(kwargs)
+
+    def update(self, n):
+        self.n += n
+
+
+class _FakeKernelShell:
+    kernel = object()  # what a Jupyter kernel's shell (ipykernel's ZMQInteractiveShell) has
+
+
+@pytest.fixture
+def bars(monkeypatch):
+    import tqdm.auto
+    import tqdm.std
+
+    _RecordingBar.made = []
+    monkeypatch.setattr(tqdm.auto, "tqdm", _RecordingBar)
+    monkeypatch.setattr(tqdm.std, "tqdm", _RecordingBar)  # a kernel without ipywidgets
+    return _RecordingBar.made
+
+
+def test_a_kernel_without_ipywidgets_gets_a_text_bar_not_a_warning(monkeypatch):
+    import importlib.util
+
+    import tqdm.auto
+    import tqdm.std
+
+    from pyro_nf.training import progress
+
+    monkeypatch.setattr(progress, "interactive", lambda: True)
+    monkeypatch.setattr(progress, "_in_kernel", lambda: True)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "ipywidgets" else real(name, *a),
+    )
+    assert progress.bar_class() is tqdm.std.tqdm
+    monkeypatch.setattr(progress, "_in_kernel", lambda: False)
+    assert progress.bar_class() is tqdm.auto.tqdm
+
+
+def _set_terminal(monkeypatch, is_tty: bool):
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: is_tty, raising=False)
+
+
+@pytest.mark.parametrize(
+    "progress, tty, kernel, shown",
+    [
+        (True, False, False, True),  # forced, even into a log file
+        (False, True, True, False),  # off, even in a terminal or a notebook
+        (None, False, False, False),  # automatic: nobody watching
+        (None, True, False, True),  # automatic: a terminal
+        (None, False, True, True),  # automatic: a Jupyter kernel (stderr is not a tty there)
+    ],
+)
+def test_progress_true_none_false(bars, monkeypatch, progress, tty, kernel, shown):
+    import sys
+    import types
+
+    _set_terminal(monkeypatch, tty)
+    ipython = types.SimpleNamespace(get_ipython=lambda: _FakeKernelShell() if kernel else None)
+    monkeypatch.setitem(sys.modules, "IPython", ipython)
     w = torch.zeros((), requires_grad=True)
-    train(quadratic(w), [w], steps=5, progress=True)
+    train(quadratic(w), [w], steps=7, lr=0.1, progress=progress, desc="quad")
+    (bar,) = bars
+    assert bar.kwargs["disable"] is (not shown)
+    assert bar.kwargs["total"] == 7 and bar.kwargs["desc"] == "quad"
+    assert bar.n == (7 if shown else 0)
+    assert len(bar.postfixes) == (7 if shown else 0)
+    if shown:
+        assert float(bar.postfixes[-1]["loss"]) < 9.0  # the smoothed loss, falling from 9
+
+
+def test_progress_defaults_to_automatic(bars, monkeypatch):
+    _set_terminal(monkeypatch, True)
+    w = torch.zeros((), requires_grad=True)
+    train(quadratic(w), [w], steps=3)
+    _set_terminal(monkeypatch, False)
+    train(quadratic(w), [w], steps=3)
+    assert [b.kwargs["disable"] for b in bars] == [False, True]
+
+
+def test_progress_true_writes_a_bar_to_stderr_without_a_tty(capsys):
+    w = torch.zeros((), requires_grad=True)
+    train(quadratic(w), [w], steps=5, progress=True, desc="forced")
+    err = capsys.readouterr().err
+    assert "forced" in err and "5/5" in err and "loss=" in err
+    train(quadratic(w), [w], steps=5, progress=None)  # pytest's stderr is not a terminal
+    train(quadratic(w), [w], steps=5, progress=False)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("bad", ["yes", 1, 0, "auto"])
+def test_progress_refuses_other_values_before_the_run(bad, tmp_path):
+    w = torch.zeros((), requires_grad=True)
+    path = tmp_path / "ck.pt"
+    with pytest.raises(
+        TypeError, match=r"^progress: expected True, False or None \(automatic\), got"
+    ):
+        train(quadratic(w), [w], steps=3, progress=bad, checkpoint=path)
+    assert not path.exists() and w.item() == 0.0
 
 
 def test_history_summary():
