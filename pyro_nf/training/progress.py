@@ -81,8 +81,9 @@ def bar_class() -> type:
     ``tqdm.std.tqdm`` in a Jupyter kernel without ``ipywidgets``.
 
     Example:
-        >>> bar_class().__name__
-        'tqdm'
+        >>> import tqdm
+        >>> issubclass(bar_class(), tqdm.tqdm)
+        True
     """
     if _in_kernel() and importlib.util.find_spec("ipywidgets") is None:
         import tqdm.std
