@@ -63,6 +63,7 @@ __all__ = [
     "SplineAutoregressiveLayer",
     "SplineCouplingLayer",
     "check_spline_grid",
+    "coupling_widths",
 ]
 
 
@@ -578,6 +579,24 @@ def _is_integer_sequence(perm: torch.Tensor | Sequence[int]) -> bool:
     return all(isinstance(i, int) and not isinstance(i, bool) for i in perm)
 
 
+def coupling_widths(
+    dim: int, context_dim: int | None, hidden: Sequence[int] | None
+) -> tuple[int, ...]:
+    """The checks every coupling layer makes (``dim >= 2``, ``context_dim``, ``hidden``) and its
+    conditioner's hidden widths (``hidden``, else :func:`~pyro_nf.utils.nn.default_hidden`).
+
+    Example:
+        >>> coupling_widths(4, None, [8])
+        (8,)
+    """
+    if dim < 2:
+        raise ValueError(f"dim: coupling layers need at least 2 coordinates, got {dim}")
+    if context_dim is not None:
+        check_positive_int("context_dim", context_dim)
+    widths = check_widths("hidden", hidden) if hidden is not None else None
+    return widths if widths is not None else default_hidden(dim, context_dim)
+
+
 class CouplingLayer(FlowLayer):
     r"""A NICE (``kind="additive"``) or RealNVP (``kind="affine"``) coupling layer.
 
@@ -603,13 +622,8 @@ class CouplingLayer(FlowLayer):
         activation: type[nn.Module] = nn.ReLU,
     ) -> None:
         super().__init__(dim)
-        if dim < 2:
-            raise ValueError(f"dim: coupling layers need at least 2 coordinates, got {dim}")
         check_choice("kind", kind, ("affine", "additive"))
-        if context_dim is not None:
-            check_positive_int("context_dim", context_dim)
-        hidden = check_widths("hidden", hidden) if hidden is not None else None
-        hidden = hidden if hidden is not None else default_hidden(dim, context_dim)
+        hidden = coupling_widths(dim, context_dim, hidden)
         self.context_dim, self.kind, self.scale_bound = context_dim, kind, scale_bound
         self.family = "nice" if kind == "additive" else "realnvp"
         self.register_buffer(
@@ -709,13 +723,8 @@ class SplineCouplingLayer(FlowLayer):
         activation: type[nn.Module] = nn.ReLU,
     ) -> None:
         super().__init__(dim)
-        if dim < 2:
-            raise ValueError(f"dim: coupling layers need at least 2 coordinates, got {dim}")
+        hidden = coupling_widths(dim, context_dim, hidden)
         self.bins, self.bound = check_spline_grid(bins, bound)
-        if context_dim is not None:
-            check_positive_int("context_dim", context_dim)
-        hidden = _widths(hidden, allow_empty=True)
-        hidden = hidden if hidden is not None else default_hidden(dim, context_dim)
         self.context_dim = context_dim
         coords = torch.arange(dim)
         on = coords % 2 == parity % 2
