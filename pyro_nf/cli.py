@@ -644,34 +644,25 @@ def _reason(err: OSError) -> str:
     return os.strerror(err.errno) if err.errno else str(err) or type(err).__name__
 
 
-#: the field of a model file written by fit-density that holds the CSV header's column names
-COLUMNS_FIELD = "columns"
-
-
-def _save_model(estimator: Any, path: str | os.PathLike, columns: list[str] | None) -> None:
-    """Write ``estimator`` as :meth:`DensityEstimator.save` does (same format, atomic), plus
-    the CSV header's column names under :data:`COLUMNS_FIELD`, covered by the file's integrity
-    record (``DensityEstimator.load`` reads the file as usual and ignores the field)."""
+def _save_model(estimator: Any, path: str | os.PathLike) -> None:
+    """Write ``estimator`` as :meth:`DensityEstimator.save` does (same format, atomic; the CSV
+    header's column names travel as its ``feature_names``), with errors in CLI terms."""
     from .density.persistence import estimator_payload
-    from .training import checkpoint, integrity
+    from .training import checkpoint
 
     bad = _nonfinite_parameters(estimator)
     if bad:
         raise CLIError(
             f"the fitted model holds NaN or inf parameters ({bad[0]}); nothing was saved"
         )
-    payload = estimator_payload(estimator)
-    if columns is not None:
-        payload[COLUMNS_FIELD] = list(columns)
-        payload[integrity.INTEGRITY_KEY] = integrity.integrity_record(payload)
-    checkpoint.atomic_save(payload, os.fspath(path), argname="--out")
+    checkpoint.atomic_save(estimator_payload(estimator), os.fspath(path), argname="--out")
 
 
-def _save_with_fallback(estimator: Any, out: Path, columns: list[str] | None = None) -> None:
+def _save_with_fallback(estimator: Any, out: Path) -> None:
     """Save to ``out``; if that fails, save to a new file in the current or the temporary
     directory and raise a CLIError saying where the model is."""
     try:
-        _save_model(estimator, out, columns)
+        _save_model(estimator, out)
         return
     except OSError as err:
         reason = _reason(err)
@@ -681,7 +672,7 @@ def _save_with_fallback(estimator: Any, out: Path, columns: list[str] | None = N
                 dir=folder, prefix=f"{out.stem or 'model'}-", suffix=out.suffix or ".pt"
             )
             os.close(fd)
-            _save_model(estimator, name, columns)
+            _save_model(estimator, name)
         except OSError:
             continue
         raise CLIError(
@@ -778,7 +769,8 @@ def cmd_fit_density(args: argparse.Namespace) -> int:
             f"the fitted model gives a non-finite log-likelihood ({-nll}) on data; nothing was "
             "saved; try a smaller --lr, or rescale the columns"
         )
-    _save_with_fallback(estimator, out, names)
+    estimator.feature_names = None if names is None else tuple(names)
+    _save_with_fallback(estimator, out)
     print(
         f"fitted {args.flow} (depth {args.depth}) to {x.shape[0]} rows x {x.shape[1]} columns: "
         f"mean log-likelihood {-nll:.4f} nats/row; {history.stop_reason} after {history.num_steps} steps"
@@ -819,29 +811,6 @@ def _nonfinite_parameters(estimator: Any) -> list[str]:
         for name, t in estimator.state_dict().items()
         if t.is_floating_point() and not bool(torch.isfinite(t).all())
     ]
-
-
-def _saved_columns(path: str, dim: int) -> list[str] | None:
-    """The CSV column names stored in the model file ``path`` by fit-density (``None`` for a
-    model without them, e.g. one saved by ``DensityEstimator.save``)."""
-    from .density.persistence import read_estimator_file
-
-    try:
-        columns = read_estimator_file(path).get(COLUMNS_FIELD)
-    except ValueError as err:  # it loaded a moment ago: changed since
-        raise CLIError(f"model: {path} is not a usable pyro-nf density model ({err})") from None
-    if columns is None:
-        return None
-    if not (
-        isinstance(columns, list)
-        and len(columns) == dim
-        and all(isinstance(c, str) and c for c in columns)
-    ):
-        raise CLIError(
-            f"model: {path} has a bad field {COLUMNS_FIELD!r}: expected {dim} column names, "
-            f"got {columns!r:.80}"
-        )
-    return columns
 
 
 def _draw(estimator: Any, n: int, model: str) -> list[list[float]]:
@@ -904,7 +873,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     out = _check_out_file(args.out) if args.out is not None else None
     estimator = _load_model(args.model)
-    header = None if args.no_header else _saved_columns(args.model, estimator.dim)
+    names = estimator.feature_names  # checked on load: dim names, or None
+    header = None if args.no_header or names is None else list(names)
     torch.manual_seed(args.seed)
     _write_csv(_draw(estimator, args.n, args.model), out, header)
     return 0

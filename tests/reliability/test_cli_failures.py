@@ -307,11 +307,11 @@ def damage(model: Path, folder: Path, how: str) -> Path:
         elif how == "missing key":
             del blob["dim"]
         elif how == "edited columns":  # the integrity record no longer matches
-            blob["columns"] = ["a", "b"]
+            blob["feature_names"] = ["a", "b"]
         elif how == "bad columns":  # integrity recomputed: only the field check can tell
             from pyro_nf.training.integrity import INTEGRITY_KEY, integrity_record
 
-            blob["columns"] = ["a", "b", "c"]
+            blob["feature_names"] = ["a", "b", "c"]
             blob[INTEGRITY_KEY] = integrity_record(blob)
         blob["state_dict"] = state
         torch.save(blob if how != "not a dict" else [blob], path)
