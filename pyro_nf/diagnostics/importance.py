@@ -33,7 +33,13 @@ import numpy as np
 import pyro
 import torch
 
-from .draws import check_weight_arguments, max_plate_nesting_of, trace_pair, weighted_draws
+from .draws import (
+    check_keywords,
+    check_weight_arguments,
+    max_plate_nesting_of,
+    trace_pair,
+    weighted_draws,
+)
 from .inference_data import (
     add_groups,
     inference_data_from_samples,
@@ -266,6 +272,13 @@ def _weighted_posterior(
     return samples, {k: v[None] for k, v in stats.items()}, attrs
 
 
+#: the keywords :func:`to_inference_data` takes (any other is refused, naming it)
+TO_INFERENCE_DATA_KEYWORDS = (
+    "num_samples", "model_kwargs", "coords", "dims", "posterior_predictive", "prior", "resample",
+    "seed",
+)  # fmt: skip
+
+
 @torch.no_grad()
 def to_inference_data(
     model: Callable,
@@ -322,11 +335,7 @@ def to_inference_data(
     """
     import xarray as xr
 
-    if unknown:
-        raise TypeError(
-            f"{sorted(unknown)[0]}: unexpected keyword argument of to_inference_data (the "
-            "model's own keywords go in model_kwargs)"
-        )
+    check_keywords("to_inference_data", sorted(unknown), TO_INFERENCE_DATA_KEYWORDS)
     check_weight_arguments(
         model, guide, num_samples, MIN_PSIS_SAMPLES, _PSIS_WHY, model_kwargs=model_kwargs
     )
