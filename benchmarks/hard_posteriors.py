@@ -33,10 +33,9 @@ flags the failure with :math:`\hat k > 0.7`; and it beats every Pyro guide (its 
 :math:`\max(\text{mean err}, \text{log sd})` is the smallest).
 
 ``--variants`` adds FlowGuide runs with non-default arguments (the investigation of where the
-defaults fall short); they are reported separately and never enter the verdicts. The
-``reparam*`` variants run :class:`CandidateFlowGuide`, FlowGuide over the model's automatically
-decentered location–scale sites (:mod:`pyro_nf.infer.reparam`), the wiring proposed for
-FlowGuide's default in issue 19; ``spline_*`` the spline families.
+defaults fall short); they are reported separately and never enter the verdicts. ``no_reparam`` is FlowGuide on
+the model's sites as written (``reparam=False``: no automatic non-centering of location–scale
+sites, :mod:`pyro_nf.infer.reparam`); ``spline_*`` the spline families.
 
 Usage::
 
@@ -55,21 +54,19 @@ References:
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pyro
 import pyro.distributions.transforms as T
 import torch
-from pyro.distributions.transforms import biject_to
-from pyro.distributions.util import sum_rightmost
 from pyro.infer.autoguide import (
     AutoIAFNormal,
     AutoMultivariateNormal,
@@ -80,7 +77,7 @@ from pyro.infer.autoguide.initialization import init_to_feasible
 from pyro.infer.importance import vectorized_importance_weights
 
 import pyro_nf
-from pyro_nf.infer.reparam import auto_reparam, decentered_name
+from pyro_nf.training import TrainingDivergedError
 
 try:  # run as a script (benchmarks/ on sys.path) or imported as ``benchmarks.hard_posteriors``
     import hard_models as hm
@@ -189,82 +186,6 @@ def _plateau_decay(patience: int = 200) -> dict[str, Any]:
     return {"early_stopping": None, "lr_schedule": pd.scheduler, "callback": pd.callback}
 
 
-class CandidateFlowGuide(pyro_nf.FlowGuide):
-    """Investigation: ``FlowGuide`` over the model's automatically decentered location–scale
-    sites (:func:`pyro_nf.infer.reparam.auto_reparam`, learnable centeredness), reporting the
-    user's own sites: the wiring proposed for ``FlowGuide``'s default (issue 19)."""
-
-    def __init__(
-        self, model: Callable, *, init_centered: float = 0.5, learnable: bool = True, **kw: Any
-    ) -> None:
-        super().__init__(model, **kw)
-        self._user, self._centering_opts = (model,), (init_centered, learnable)
-        self.centering = None
-
-    def _setup_prototype(self, *args: Any, **kwargs: Any) -> None:
-        self._proto_args = (args, kwargs)
-        c0, learn = self._centering_opts
-        self.centering = auto_reparam(
-            self._user[0], *args, model_kwargs=kwargs, init_centered=c0, learnable=learn
-        )
-        if self.centering is not None:
-            self._model = (self.centering.model,)
-        try:
-            super()._setup_prototype(*args, **kwargs)
-        finally:
-            self._model = self._user
-
-    def _unconstrained_log_density(self, u: torch.Tensor, *rest: Any) -> torch.Tensor:
-        if self.centering is not None:
-            self._model = (self.centering.model,)
-        try:
-            return super()._unconstrained_log_density(u, *rest)
-        finally:
-            self._model = self._user
-
-    def forward(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
-        if self.prototype_trace is None:
-            self._setup_prototype(*args, **kwargs)
-        if self.centering is None:
-            return super().forward(*args, **kwargs)
-        latent = self.sample_latent(*args, **kwargs)
-        plates = self._create_plates(*args, **kwargs)
-        values, log_dens = {}, {}
-        for site, u in self._unpack_latent(latent):
-            transform = biject_to(site["fn"].support)
-            value = transform(u)
-            ld = transform.inv.log_abs_det_jacobian(value, u)
-            ld = sum_rightmost(ld, ld.dim() - value.dim() + site["fn"].event_dim)
-            values[site["name"]], log_dens[site["name"]] = value, ld
-        originals, log_jac = self.centering.to_original(values, *args, **kwargs)
-        result = {}
-        for name in self.centering.latent_names:
-            node = self.centering.prototype.nodes[name]
-            if name in self.centering.sites:
-                ld = log_dens[decentered_name(name)] - log_jac[name]
-            else:
-                ld = log_dens[name]
-            if pyro.poutine.get_mask() is False:
-                ld = 0.0
-            delta = pyro.distributions.Delta(
-                originals[name], log_density=ld, event_dim=node["fn"].event_dim
-            )
-            with ExitStack() as stack:
-                for frame in node["cond_indep_stack"]:
-                    if frame.vectorized:
-                        stack.enter_context(plates[frame.name])
-                result[name] = pyro.sample(name, delta)
-        return result
-
-    @torch.no_grad()
-    def sample_posterior(self, num_samples: int = 1000, seed: int | None = None):
-        out = super().sample_posterior(num_samples, seed=seed)
-        if self.centering is None:
-            return out
-        args, kwargs = self._proto_args
-        return self.centering.to_original_batched(out, *args, **kwargs)
-
-
 #: Investigation: FlowGuide with non-default arguments, ``name -> (guide kwargs, fit kwargs)``
 #: (fit kwargs may be a zero-argument callable building fresh objects).
 VARIANTS: dict[str, tuple[dict[str, Any], Any]] = {
@@ -293,16 +214,9 @@ VARIANTS: dict[str, tuple[dict[str, Any], Any]] = {
     "affine_update_depth4": ({"update": "affine", "depth": 4}, {}),
     "affine_update_particles8": ({"update": "affine"}, {"num_particles": 8}),
     "init_loc_plateau_decay": ({"init": "loc"}, _plateau_decay),
-    "reparam": ({"guide_class": CandidateFlowGuide}, {}),
+    "no_reparam": ({"reparam": False}, {}),
     "spline_coupling": ({"flow": "spline_coupling"}, {}),
     "spline_autoregressive": ({"flow": "spline_autoregressive"}, {}),
-    "reparam_spline_coupling": ({"guide_class": CandidateFlowGuide, "flow": "spline_coupling"}, {}),
-    "reparam_c001": ({"guide_class": CandidateFlowGuide, "init_centered": 0.01}, {}),
-    "reparam_particles4": ({"guide_class": CandidateFlowGuide}, {"num_particles": 4}),
-    "reparam_c0": (
-        {"guide_class": CandidateFlowGuide, "init_centered": 0.0, "learnable": False},
-        {},
-    ),
 }
 
 NOTES = [
@@ -389,9 +303,14 @@ def reweighted_errors(
     return out
 
 
+def _number(x: Any) -> float:
+    """A result read back from JSON, where a non-finite number was saved as ``null``."""
+    return math.inf if x is None else float(x)
+
+
 def score(row: dict[str, Any]) -> float:
     """One number per run: ``max(mean err, log sd)`` (lower is better; NaN if no reference)."""
-    return max(row["mean_err"], row["log_sd_err"])
+    return max(_number(row["mean_err"]), _number(row["log_sd_err"]))
 
 
 # -- one run -------------------------------------------------------------------------------------
@@ -425,8 +344,7 @@ def run_one(
         warnings.simplefilter("always")
         if is_flow:
             guide_kwargs = dict(guide_kwargs)
-            guide_class = guide_kwargs.pop("guide_class", pyro_nf.FlowGuide)
-            guide = guide_class(problem.model, **guide_kwargs)
+            guide = pyro_nf.FlowGuide(problem.model, **guide_kwargs)
             guide(*problem.args)  # the Laplace step happens on the first call
         else:
             guide = PYRO_GUIDES[guide_name](problem.model)
@@ -443,14 +361,30 @@ def run_one(
         kwargs.update(fit_kwargs)
         if kwargs.get("num_particles", 1) > 1:
             kwargs["max_plate_nesting"] = problem.max_plate_nesting
-        history = pyro_nf.fit(problem.model, guide, *problem.args, **kwargs)
+        try:
+            history = pyro_nf.fit(problem.model, guide, *problem.args, **kwargs)
+        except TrainingDivergedError as err:  # a guide that diverges is a result, not a crash
+            history = err.history
+            caught.append(f"TrainingDivergedError: {str(err).splitlines()[0][:240]}")
     wall = time.perf_counter() - t0
     for w in record:
         text = f"{w.category.__name__}: {str(w.message).splitlines()[0][:240]}"
         if text not in caught and not issubclass(w.category, DeprecationWarning):
             caught.append(text)
     pyro.set_rng_seed(10_000 + seed)
-    mean, sd = guide_moments(problem, guide, opts.samples)
+    try:  # a diverged guide is evaluated at its last good parameters, if it can be
+        mean, sd = guide_moments(problem, guide, opts.samples)
+        khat = pyro_nf.psis_khat(
+            problem.model,
+            guide,
+            *problem.args,
+            num_samples=opts.khat_samples,
+            max_plate_nesting=problem.max_plate_nesting,
+        )
+    except (ValueError, RuntimeError) as err:
+        caught.append(f"evaluation failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
+        mean = sd = torch.full((len(problem.names),), math.inf, dtype=torch.float64)
+        khat = math.inf
     row: dict[str, Any] = {
         "model": problem.name,
         "guide": guide_name if not variant else f"{FLOWGUIDE}[{variant}]",
@@ -460,13 +394,7 @@ def run_one(
         "stop_reason": history.stop_reason,
         "converged": history.converged,
         **errors(mean, sd, ref, problem.names),
-        "khat": pyro_nf.psis_khat(
-            problem.model,
-            guide,
-            *problem.args,
-            num_samples=opts.khat_samples,
-            max_plate_nesting=problem.max_plate_nesting,
-        ),
+        "khat": khat,
         "wall_s": wall,
         "init_s": t_init,
         "fit_s": history.elapsed,
@@ -607,6 +535,7 @@ AGG_HEADERS = [
     "mean err (median / max)",
     "log sd (median / max)",
     "k-hat (median / max)",
+    "score (median / max)",
     "steps (median)",
     "ms/step",
 ]
@@ -621,7 +550,7 @@ def aggregate_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
     for (model, guide), rs in groups.items():
 
         def med_max(key: str, spec: str = ".3f", rs=rs) -> str:
-            vals = [r[key] for r in rs]
+            vals = [_number(r[key]) for r in rs]
             return f"{_f(statistics.median(vals), spec)} / {_f(max(vals), spec)}"
 
         out.append(
@@ -632,11 +561,62 @@ def aggregate_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
                 med_max("mean_err"),
                 med_max("log_sd_err"),
                 med_max("khat", ".2f"),
+                f"{_f(statistics.median(map(score, rs)))} / {_f(max(map(score, rs)))}",
                 f"{statistics.median(r['steps'] for r in rs):.0f}",
                 f"{statistics.median(r['ms_per_step'] for r in rs):.2f}",
             ]
         )
     return out
+
+
+def seed_verdicts(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per model, over seeds: is FlowGuide's median score (``max(mean err, log sd)``) below
+    every Pyro guide's median score, and is its worst seed within the target 0.15?"""
+    out = {}
+    for model in dict.fromkeys(r["model"] for r in rows):
+        by_guide: dict[str, list[float]] = {}
+        for r in rows:
+            if r["model"] == model and not r.get("variant"):
+                by_guide.setdefault(r["guide"], []).append(score(r))
+        ours = by_guide.pop(FLOWGUIDE, None)
+        if not ours or not by_guide:
+            continue
+        med = statistics.median(ours)
+        best_name, best = min(
+            ((g, statistics.median(v)) for g, v in by_guide.items()), key=lambda t: t[1]
+        )
+        out[model] = {
+            "flowguide_median": med,
+            "flowguide_worst": max(ours),
+            "seeds": len(ours),
+            "best_pyro": best_name,
+            "best_pyro_median": best,
+            "beats_every_pyro_guide": med < best,
+            "text": (
+                f"{model}: FlowGuide median {med:.3f} (worst {max(ours):.3f}, {len(ours)} seeds) "
+                f"vs best Pyro guide {best_name} median {best:.3f}: "
+                + ("better" if med < best else "NOT better")
+            ),
+        }
+    return out
+
+
+def merge_payloads(paths: Sequence[Path]) -> tuple[list, list, dict, dict]:
+    """Rows, investigation rows, references and skipped models of several result files; a
+    later file's row replaces an earlier one of the same (model, guide, seed)."""
+    rows: dict[tuple, dict[str, Any]] = {}
+    inv: dict[tuple, dict[str, Any]] = {}
+    references: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    for path in paths:
+        payload = json.loads(Path(path).read_text())
+        for r in payload["results"]:
+            rows[(r["model"], r["guide"], r["seed"])] = r
+        for r in payload.get("investigation", []):
+            inv[(r["model"], r["guide"], r["seed"])] = r
+        references.update(payload.get("references", {}))
+        skipped.update(payload.get("skipped", {}))
+    return list(rows.values()), list(inv.values()), references, skipped
 
 
 # -- main ----------------------------------------------------------------------------------------
@@ -670,6 +650,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     p.add_argument("--out", type=Path, default=None, help="JSON output path")
+    p.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="combine these result files (later rows replace earlier ones of the same model, "
+        "guide and seed) into --out, with the tables and verdicts recomputed; nothing is run",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.steps = min(args.steps, 150)
@@ -701,6 +689,14 @@ def get_reference(name: str, opts: argparse.Namespace) -> hm.Reference | None:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     opts = parse_args(argv)
+    command = " ".join(
+        ["python benchmarks/hard_posteriors.py", *(argv if argv is not None else sys.argv[1:])]
+    )
+    if opts.merge:
+        rows, investigation, references, skipped = merge_payloads(opts.merge)
+        opts.seeds = sorted({r["seed"] for r in rows})
+        opts.guides = list(dict.fromkeys(r["guide"] for r in rows))
+        return report_and_save(opts, rows, investigation, references, skipped, command, 0.0)
     set_threads(opts.threads)
     t_start = time.perf_counter()
     rows: list[dict[str, Any]] = []
@@ -728,6 +724,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 row = run_one(problem, ref, FLOWGUIDE, opts, variant=variant, seed=seed)
                 investigation.append(row)
                 _progress(row)
+    total = time.perf_counter() - t_start
+    return report_and_save(opts, rows, investigation, references, skipped, command, total)
+
+
+def report_and_save(
+    opts: argparse.Namespace,
+    rows: list[dict[str, Any]],
+    investigation: list[dict[str, Any]],
+    references: dict[str, Any],
+    skipped: dict[str, str],
+    command: str,
+    total: float,
+) -> dict[str, Any]:
+    """Print the tables and verdicts of a run (or of merged runs) and save its JSON."""
     verdicts = {}
     if FLOWGUIDE in opts.guides:
         for name in dict.fromkeys(r["model"] for r in rows):
@@ -744,7 +754,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if len(opts.seeds) > 1:
         agg = aggregate_rows([*rows, *investigation])
         agg_table, agg_markdown = format_table(AGG_HEADERS, agg), markdown_table(AGG_HEADERS, agg)
-    total = time.perf_counter() - t_start
+    over_seeds = seed_verdicts(rows) if len(opts.seeds) > 1 else {}
 
     print()
     print(table)
@@ -760,22 +770,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if agg_table:
         print(f"\nOver seeds {opts.seeds}:")
         print(agg_table)
+    for v in over_seeds.values():
+        print(f"  {v['text']}")
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")
     print(f"\ntotal {total:.0f}s")
-    command = " ".join(
-        ["python benchmarks/hard_posteriors.py", *(argv if argv is not None else sys.argv[1:])]
-    )
     payload = {
         "benchmark": "hard_posteriors",
         "command": command,
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()},
+        "settings": {k: _plain(v) for k, v in vars(opts).items()},
         "notes": NOTES,
         "library": library_state(),
         "references": references,
         "results": rows,
         "investigation": investigation,
         "verdicts": verdicts,
+        "seed_verdicts": over_seeds,
         "skipped": skipped,
         "table": table,
         "markdown": markdown,
@@ -788,6 +798,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     path = save_json(opts.out, payload)
     print(f"wrote {path}", file=sys.stderr)
     return payload
+
+
+def _plain(value: Any) -> Any:
+    """A setting as JSON: paths (also in lists) as strings."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def library_state() -> dict[str, Any]:

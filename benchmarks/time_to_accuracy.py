@@ -47,6 +47,7 @@ os.environ.setdefault(
 )
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import math  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -62,7 +63,7 @@ import torch  # noqa: E402
 
 import pyro_nf  # noqa: E402
 from pyro_nf.infer.nuts import ChainSettings, run_chain  # noqa: E402
-from pyro_nf.infer.refine import BaseSpaceTarget  # noqa: E402
+from pyro_nf.infer.refine import TARGET_ACCEPT_PROB, BaseSpaceTarget  # noqa: E402
 
 try:  # run as a script (benchmarks/ on sys.path) or imported as ``benchmarks.time_to_accuracy``
     import hard_models as hm
@@ -164,7 +165,7 @@ def run_flowguide(problem, ref, fitted, opts, seed) -> dict[str, Any]:
 
 
 def run_refine(problem, ref, fitted, opts, seed) -> dict[str, Any]:
-    settings = ChainSettings(opts.num_warmup, opts.num_samples, seed, 0.8, 10)
+    settings = ChainSettings(opts.num_warmup, opts.num_samples, seed, TARGET_ACCEPT_PROB, 10)
     target = BaseSpaceTarget(problem.model, fitted["guide"], problem.args, {})
     w0, c0 = time.perf_counter(), time.process_time()
     chains = []
@@ -410,6 +411,49 @@ def table(summary: Sequence[dict[str, Any]]) -> str:
     return format_table(HEADERS, body)
 
 
+def verdicts(summary: Sequence[dict[str, Any]]) -> list[str]:
+    """Per model, the targets of FlowGuide + refine: accurate, and CPU time to accuracy at most
+    1/3 of Pyro NUTS's and at most 2x NumPyro NUTS's (medians over seeds; ``never`` counts as
+    infinitely slow)."""
+    out = []
+    for model in dict.fromkeys(s["model"] for s in summary):
+        by = {s["method"]: s for s in summary if s["model"] == model}
+        ours = by.get("FlowGuide+refine")
+        if ours is None:
+            continue
+        t = ours["cpu_to_acc_s"]
+        parts = [f"{model}: FlowGuide+refine accurate in {ours['reached']}/{ours['seeds']} seeds"]
+        parts.append("never accurate" if t is None else f"CPU to accuracy {t:.1f} s")
+        for peer, limit in (("Pyro NUTS", 1 / 3), ("NumPyro NUTS", 2.0)):
+            other = by.get(peer)
+            if other is None:
+                continue
+            theirs = other["cpu_to_acc_s"]
+            if t is None:
+                parts.append(f"vs {peer}: n/a")
+            elif theirs is None:
+                parts.append(f"vs {peer}: {peer} never accurate (target met)")
+            else:
+                ratio = t / theirs
+                mark = "met" if ratio <= limit else "NOT met"
+                parts.append(f"vs {peer}: {ratio:.2f}x (target <= {limit:.2g}x: {mark})")
+        out.append("; ".join(parts))
+    return out
+
+
+def merge(paths: Sequence[Path]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The runs of several result files (a later run replaces one of the same model, method and
+    seed) and each file's settings."""
+    runs: dict[tuple, dict[str, Any]] = {}
+    settings = []
+    for path in paths:
+        payload = json.loads(Path(path).read_text())
+        settings.append({"file": str(path), **payload.get("settings", {})})
+        for r in payload["runs"]:
+            runs[(r["model"], r["method"], r["seed"])] = r
+    return list(runs.values()), settings
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", choices=hm.MODELS, default=list(hm.MODELS))
@@ -424,6 +468,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=1800.0, help="seconds per Pyro NUTS run")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 chains, short runs")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument(
+        "--merge", type=Path, nargs="+", default=None, help="run nothing: merge these into --out"
+    )
     opts = p.parse_args(argv)
     if opts.quick:
         opts.chains, opts.num_warmup, opts.num_samples = 2, 100, 200
@@ -435,19 +482,32 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     opts = parse_args(argv)
-    set_threads(1)
-    rows = []
-    for name in opts.models:
-        print(f"{name}:", flush=True)
-        rows += run_model(name, opts)
-    summary = summary_rows(rows)
-    print(table(summary))
     out = opts.out or (QUICK_OUT if opts.quick else DEFAULT_OUT)
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()}
+    if opts.merge:
+        rows, settings = merge(opts.merge)
+    else:
+        set_threads(1)
+        rows = []
+        settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items()}
+        for name in opts.models:
+            print(f"{name}:", flush=True)
+            rows += run_model(name, opts)
+            save_results(out, settings, rows, quiet=True)  # a killed run keeps its models
+    summary = save_results(out, settings, rows)
+    print(table(summary))
+    print("\n".join(verdicts(summary)))
+
+
+def save_results(out: Path, settings: Any, rows: list[dict[str, Any]], quiet: bool = False):
+    """Write the runs, their summary over seeds, the table and the verdicts to ``out``."""
+    summary = summary_rows(rows)
     load = os.getloadavg()
     save_json(out, {"settings": settings, "load_average_at_end": load, "summary": summary,
-                    "runs": rows, "table": table(summary), "doc": __doc__})  # fmt: skip
-    print(f"wrote {out} (load average {load[0]:.1f} on {machine_info()['cpu_count']} cores)")
+                    "runs": rows, "table": table(summary), "verdicts": verdicts(summary),
+                    "doc": __doc__})  # fmt: skip
+    if not quiet:
+        print(f"wrote {out} (load average {load[0]:.1f} on {machine_info()['cpu_count']} cores)")
+    return summary
 
 
 if __name__ == "__main__":

@@ -193,8 +193,19 @@ def _settings(data: dict) -> list[str]:
 
 
 def _tables(data: dict) -> list[str]:
+    lines = []
+    seeds, verdicts = data.get("seeds_markdown"), data.get("seed_verdicts")
+    if isinstance(seeds, str) and seeds.strip():  # runs over several seeds: the summary first
+        lines += ["**Over seeds** (score = max(mean err, log sd) of a run)", "", seeds.rstrip(), ""]
+        if isinstance(verdicts, dict) and verdicts:
+            lines += [f"- {v['text']}" for v in verdicts.values() if isinstance(v, dict)] + [""]
+        lines += ["**Every run**", ""]
     if isinstance(data.get("markdown"), str) and data["markdown"].strip():
-        return [data["markdown"].rstrip(), ""]
+        lines += [data["markdown"].rstrip(), ""]
+        inv = data.get("investigation_markdown")
+        if isinstance(inv, str) and inv.strip():
+            lines += ["**Investigation** (FlowGuide with non-default arguments)", "", inv, ""]
+        return lines
     if isinstance(data.get("table"), str) and data["table"].strip():
         return [text_tables(data["table"]), ""]
     for key in ("rows", "results", "summary"):
@@ -384,7 +395,8 @@ def chart_guides(data: dict, path: Path) -> None:
 
 
 def chart_hard_posteriors(data: dict, path: Path) -> None:
-    """Median mean error (in posterior sds) per model and guide, over seeds."""
+    """Median score (max of the mean error in posterior sds and the log-sd error) per model and
+    guide, over seeds."""
     plt = _pyplot()
     models = list(dict.fromkeys(r["model"] for r in data["results"]))
     guides = list(dict.fromkeys(r["guide"] for r in data["results"]))
@@ -394,13 +406,15 @@ def chart_hard_posteriors(data: dict, path: Path) -> None:
         vals = []
         for m in models:
             errs = [
-                r["mean_err"] for r in data["results"] if r["model"] == m and r["guide"] == guide
+                max(r["mean_err"], r["log_sd_err"])
+                for r in data["results"]
+                if r["model"] == m and r["guide"] == guide
             ]
             errs = [e for e in errs if isinstance(e, int | float)]
             vals.append(statistics.median(errs) if errs else float("nan"))
         ax.bar([i + j * width for i in range(len(models))], vals, width, label=guide)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(models))], models)
-    ax.set(yscale="log", ylabel="max |mean error| / posterior sd\n(median over seeds)")
+    ax.set(yscale="log", ylabel="max(mean err, log sd)\n(median over seeds)")
     ax.legend(fontsize="small", ncols=2)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

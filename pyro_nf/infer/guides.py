@@ -10,13 +10,18 @@ log-Jacobians enter the guide's density), and it models :math:`u` with a normali
     u = \mu_0 + L_0\bigl(a + L\, f(\varepsilon)\bigr),\qquad \varepsilon \sim \mathcal N(0, I_D).
 
 :math:`(\mu_0, L_0)` is a *fixed* preconditioner found before training (``init="laplace"``, the
-default: the posterior mode of :math:`u` by L-BFGS and Newton steps, and the Cholesky factor of
-the inverse Hessian there); :math:`(a, L)` is a learnable affine map (lower triangular, or
+default unless sites are decentered: the posterior mode of :math:`u` by L-BFGS and Newton
+steps, and the Cholesky factor of the inverse Hessian there); :math:`(a, L)` is a learnable affine map (lower triangular, or
 diagonal for large :math:`D`) that starts at the identity; the flow layers :math:`f` start at
 the identity too. So at step 0 the guide *is* the Laplace approximation, and every learnable
 parameter lives in whitened, unit-scale coordinates: Adam's step size means the same thing for a
 coefficient whose posterior sd is 1e-3 as for one whose sd is 1e3, and the nonlinearities of
 planar/radial/IAF layers act at the scale they were designed for.
+
+By default the guide first *decenters* the model's location–scale sites whose location or scale
+is another latent (:mod:`pyro_nf.infer.reparam`): :math:`u` then packs the decentered sites,
+and every draw is mapped back to the user's sites with the exact log-Jacobian, so the ELBO,
+traces, ``Predictive`` and summaries all see the model as written.
 
 It works with ``SVI`` + ``Trace_ELBO`` (also with vectorized particles), ``RenyiELBO``,
 ``Predictive``, ``poutine``, and :class:`~pyro.infer.reparam.NeuTraReparam` (flow-preconditioned
@@ -31,8 +36,8 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Sequence
-from contextlib import ExitStack, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager, nullcontext
 from functools import partial
 from typing import Any
 
@@ -40,8 +45,9 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.distributions.transforms import biject_to
+from pyro.distributions.util import sum_rightmost
 from pyro.infer.autoguide import AutoContinuous
-from pyro.infer.autoguide.initialization import init_to_median
+from pyro.infer.autoguide.initialization import InitMessenger, init_to_median
 from pyro.poutine.util import site_is_subsample
 from torch import nn
 
@@ -57,8 +63,10 @@ from .prototype import (
     initial_affine,
     minus_inf_on_error,
     model_label,
+    pushed_start,
 )
 from .refine import refine
+from .reparam import LearnableCentering, auto_reparam, decentered_name
 
 __all__ = [
     "AmortizedFlowGuide",
@@ -224,11 +232,14 @@ class FlowGuide(AutoContinuous):
         init_loc_fn: per-site initialisation, as for Pyro's autoguides (default
             ``init_to_median``).
         init: how the Gaussian the flow starts from is found (see the module docstring):
-            ``"laplace"`` (default): the posterior mode in unconstrained space (L-BFGS from
+            ``"laplace"``: the posterior mode in unconstrained space (L-BFGS from
             ``init_loc_fn``, Newton-polished) and the Laplace covariance there (inverse Hessian,
             with a diagonal fallback and a warning when it is not positive definite);
             ``"map"``: the mode with ``init_scale``; ``"loc"``: ``init_loc_fn`` with
-            ``init_scale``, as Pyro's autoguides do.
+            ``init_scale``, as Pyro's autoguides do; ``"auto"`` (default): ``"laplace"``,
+            except on a model with decentered sites (``reparam``), where ``"loc"`` (the joint
+            mode of a hierarchy sits at collapsed group scales, not where the posterior is).
+            On decentered sites the mode is searched fully non-centered and carried over.
         init_scale: initial standard deviation where no curvature is used (> 0; default 1, the
             scale of a standardized latent).
         affine: the final affine map: ``"full"`` (lower-triangular, i.e. a full-covariance
@@ -241,6 +252,14 @@ class FlowGuide(AutoContinuous):
             subsample=idx)``) and the model, replayed on the guide, uses the same one. The
             latent sites themselves must stay outside subsampled plates (a global guide cannot
             follow a changing subsample); local latents need :class:`AmortizedFlowGuide`.
+        reparam: decenter the model's location–scale sites (a Normal, StudentT, Cauchy or
+            Laplace site whose location or scale is another latent, as in a centered
+            hierarchical model) with a learnable centeredness per coordinate (starting at
+            1/2), and fit the flow there (:mod:`pyro_nf.infer.reparam`; Gorinova et al.
+            2020). The guide still draws and reports the model's own sites, with their exact
+            density; ``guide.centering`` holds the centeredness and the decentered model
+            (``guide.centering.model``, what the flow is fitted on). Not applied in a
+            subsampled model. ``False``: work on the sites as written.
         **flow_kwargs: passed to the family builder (for ``"iaf"`` the defaults are
             ``update="affine"`` and ``hidden=(3 * D + 1,)``, one MADE hidden layer). Any other
             keyword is refused here with a ``TypeError`` naming it, before any trace.
@@ -277,25 +296,32 @@ class FlowGuide(AutoContinuous):
         init_loc_fn: Callable = init_to_median,
         init_scale: float = 1.0,
         affine: str = "auto",
-        init: str = "laplace",
+        init: str = "auto",
         create_plates: Callable[..., Any] | None = None,
+        reparam: bool = True,
         **flow_kwargs: Any,
     ) -> None:
         check_callable("model", model, "a callable Pyro model")
         _check_flow_arguments(flow, depth, flow_kwargs)
-        _check_choice("init", init, ("laplace", "map", "loc"))
+        _check_choice("init", init, ("auto", "laplace", "map", "loc"))
         _check_choice("affine", affine, ("auto", "full", "diagonal"))
         check_callable("init_loc_fn", init_loc_fn, "a callable site -> value (e.g. init_to_median)")
         check_float("init_scale", init_scale, "a positive finite number", lambda v: v > 0)
         if create_plates is not None:
             check_callable("create_plates", create_plates, "None or a callable returning plates")
-        super().__init__(model, init_loc_fn=_checked_init(init_loc_fn))
+        if not isinstance(reparam, bool):
+            raise ValueError(f"reparam: expected True or False, got {reparam!r}")
+        self._init_loc_fn = _checked_init(init_loc_fn)
+        super().__init__(model, init_loc_fn=self._init_loc_fn)
+        self._user_model = (model,)  # Pyro keeps the model wrapped in its InitMessenger
         self.create_plates = create_plates  # Pyro's AutoContinuous does not pass it on
         self._model_label = model_label(model)
         self._init, self._affine, self._init_scale = init, affine, float(init_scale)
         # a tuple, so that a Flow given as ``flow`` is not registered as a second submodule
         self._flow_spec: tuple[Any, ...] = (flow,)
         self._depth, self._flow_kwargs = depth, flow_kwargs
+        self._reparam = reparam
+        self.centering: LearnableCentering | None = None
 
     def describe(self) -> dict[str, Any]:
         """Plain data naming this guide's configuration (flow family or type, depth, builder
@@ -312,6 +338,7 @@ class FlowGuide(AutoContinuous):
             "flow_kwargs": {k: repr(v) for k, v in sorted(self._flow_kwargs.items())},
             "init": self._init,
             "affine": self._affine,
+            "reparam": self._reparam,
         }
 
     # -- the model, and pickling ---------------------------------------------------------------
@@ -330,7 +357,9 @@ class FlowGuide(AutoContinuous):
     @model.setter
     def model(self, model: Callable) -> None:
         check_callable("model", model, "a callable Pyro model")
-        self._model = (model,)
+        self._model = self._user_model = (model,)
+        if self.centering is not None:
+            self.centering.user_model = model
 
     def __getstate__(self) -> dict[str, Any]:
         """The state to pickle: Pyro's (without the model), leaving *this* guide intact (Pyro's
@@ -340,6 +369,8 @@ class FlowGuide(AutoContinuous):
             state = dict(super().__getstate__())
         finally:
             self._model, self.master = model, master
+        # the model and the init function are only needed to build the guide (done by now)
+        state["_user_model"], state["_init_loc_fn"] = (None,), None
         return state
 
     # -- construction --------------------------------------------------------------------------
@@ -347,6 +378,33 @@ class FlowGuide(AutoContinuous):
         """Check the latent sites, find the Gaussian start and build the flow (first call)."""
         trace = pyro.poutine.block(pyro.poutine.trace(self.model).get_trace)(*args, **kwargs)
         check_latent_sites(trace, self._model_label)
+        self._prototype_args = (args, kwargs)
+        if self._reparam and not _is_subsampled(trace):
+            # the structure search runs the model: the user's random stream is left as it was
+            with torch.random.fork_rng(devices=[]):
+                self.centering = auto_reparam(
+                    self._user_model[0], *args, model_kwargs=kwargs, init_loc_fn=self._init_loc_fn
+                )
+        with self._on_decentered_model():
+            self._setup_decentered(trace, *args, **kwargs)
+
+    @contextmanager
+    def _on_decentered_model(self) -> Iterator[None]:
+        """While the guide's latent space is built and its start found: ``self.model`` is the
+        model with its location–scale sites decentered (:mod:`pyro_nf.infer.reparam`)."""
+        if self.centering is None:
+            yield
+            return
+        # the decentered sites start from init_loc_fn too
+        decentered = InitMessenger(self._init_loc_fn)(self.centering.model)
+        saved, self._model = self._model, (decentered,)
+        try:
+            yield
+        finally:
+            self._model = saved
+
+    def _setup_decentered(self, trace: pyro.poutine.Trace, *args: Any, **kwargs: Any) -> None:
+        """Pyro's prototype, the Gaussian start and the flow (on the decentered model)."""
         super()._setup_prototype(*args, **kwargs)
         if isinstance(self._flow_spec[0], str):  # before the (costly) mode search
             get_family(self._flow_spec[0], use="guide").check_dim(self.latent_dim)
@@ -357,14 +415,7 @@ class FlowGuide(AutoContinuous):
                 "init_loc_fn: produced non-finite initial values in unconstrained space "
                 f"({int((~torch.isfinite(loc)).sum())} of {loc.numel()} entries)"
             )
-        self._init_info = initial_affine(
-            minus_inf_on_error(
-                lambda u: self._unconstrained_log_density(u, args, kwargs, subsample)
-            ),
-            loc,
-            self._init,
-            self._init_scale,
-        )
+        self._init_info = self._gaussian_start(loc, args, kwargs, subsample)
         loc0, tril0 = self._init_info.pop("loc"), self._init_info.pop("scale_tril")
         scale0 = self._init_info.pop("learnable_scale")
         dim = self.latent_dim
@@ -372,6 +423,50 @@ class FlowGuide(AutoContinuous):
         full = self._affine == "full" or (self._affine == "auto" and dim <= MAX_FULL_AFFINE_DIM)
         flow = assemble_flow(inner, dim, loc0, tril0, scale0, full)
         self.flow = flow.to(dtype=loc.dtype, device=loc.device)
+
+    def _gaussian_start(
+        self, loc: torch.Tensor, args: tuple, kwargs: dict, subsample: pyro.poutine.Trace
+    ) -> dict[str, Any]:
+        """:func:`~pyro_nf.infer.prototype.initial_affine` on the (decentered) model.
+        ``init="auto"`` is the Laplace start, except on a model with decentered sites, which
+        starts from ``init_loc_fn`` (the joint mode of a hierarchy sits at collapsed group
+        scales and is not representative of the posterior; measured in
+        ``benchmarks/hard_posteriors.py``). A Laplace or MAP start asked for on decentered
+        sites is found fully non-centered (``c = 0``, where a hierarchy has no funnel neck for
+        the mode search to fall into) and pushed to the starting centeredness."""
+        density = minus_inf_on_error(
+            lambda u: self._unconstrained_log_density(u, args, kwargs, subsample)
+        )
+        init = self._init
+        if init == "auto":
+            init = "laplace" if self.centering is None else "loc"
+        if self.centering is None or init == "loc":
+            start = initial_affine(density, loc, init, self._init_scale)
+            if self._init == "auto" and self.centering is not None:
+                start["init"] = "loc (auto: decentered sites)"
+            return start
+        start_c = {s: self.centering.centered(s).detach() for s in self.centering.sites}
+        with torch.no_grad():
+            loc0 = self._recentered(loc, start_c, 0.0, args, kwargs)
+        with self.centering.fixed(0.0):
+            start = initial_affine(density, loc0, init, self._init_scale)
+        moved = pushed_start(start, lambda u: self._recentered(u, 0.0, start_c, args, kwargs))
+        moved["init"] += " (found non-centered)"
+        return moved
+
+    def _recentered(
+        self, u: torch.Tensor, c_from: Any, c_to: Any, args: tuple, kwargs: dict
+    ) -> torch.Tensor:
+        """The packed unconstrained ``u`` at centeredness ``c_from``, expressed at ``c_to``."""
+        values = {}
+        for site, unconstrained in self._unpack_latent(u):
+            values[site["name"]] = biject_to(site["fn"].support)(unconstrained)
+        moved = self.centering.recenter(values, c_from, c_to, *args, **kwargs)
+        parts = [
+            biject_to(site["fn"].support).inv(moved[site["name"]]).reshape(-1)
+            for site, _ in self._unpack_latent(u)
+        ]
+        return torch.cat(parts)
 
     def _unconstrained_log_density(
         self, u: torch.Tensor, args: tuple, kwargs: dict, subsample: pyro.poutine.Trace
@@ -410,6 +505,49 @@ class FlowGuide(AutoContinuous):
         return self.plates
 
     # -- the AutoContinuous interface ----------------------------------------------------------
+    def forward(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """Draw every latent site of the model (the user's sites, also where the guide works
+        on decentered ones: they are mapped back, with the log-Jacobian in their density)."""
+        if self.prototype_trace is None:
+            self._setup_prototype(*args, **kwargs)
+        if self.centering is None:
+            return super().forward(*args, **kwargs)
+        values, log_dens = self._decentered_values(self.sample_latent(*args, **kwargs))
+        originals, log_jac = self.centering.to_original(values, *args, **kwargs)
+        plates = self._create_plates(*args, **kwargs)
+        result = {}
+        for name in self.centering.latent_names:
+            site = self.centering.prototype.nodes[name]
+            if name in self.centering.sites:
+                log_density = log_dens[decentered_name(name)] - log_jac[name]
+            else:
+                log_density = log_dens[name]
+            if pyro.poutine.get_mask() is False:
+                log_density = 0.0
+            delta = dist.Delta(
+                originals[name], log_density=log_density, event_dim=site["fn"].event_dim
+            )
+            with ExitStack() as stack:
+                for frame in site["cond_indep_stack"]:
+                    if frame.vectorized:
+                        stack.enter_context(plates[frame.name])
+                result[name] = pyro.sample(name, delta)
+        return result
+
+    def _decentered_values(
+        self, latent: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The guide's sites (constrained) from the packed ``latent``, and the log-Jacobians of
+        ``biject_to`` (summed over each site's event dimensions)."""
+        values, log_dens = {}, {}
+        for site, unconstrained in self._unpack_latent(latent):
+            transform = biject_to(site["fn"].support)
+            value = transform(unconstrained)
+            log_det = transform.inv.log_abs_det_jacobian(value, unconstrained)
+            log_det = sum_rightmost(log_det, log_det.dim() - value.dim() + site["fn"].event_dim)
+            values[site["name"]], log_dens[site["name"]] = value, log_det
+        return values, log_dens
+
     def get_base_dist(self) -> dist.Distribution:
         ref = self.flow.layers[-1].loc  # the fixed preconditioner's buffer: dtype and device
         zeros = torch.zeros(self.latent_dim, dtype=ref.dtype, device=ref.device)
@@ -450,6 +588,9 @@ class FlowGuide(AutoContinuous):
             u = latent[:, pos : pos + size].reshape(num_samples, *shape)  # sites in plates too
             out[name] = biject_to(site["fn"].support)(u)
             pos += size
+        if self.centering is not None:  # back to the user's sites
+            args, kwargs = self._prototype_args
+            out = self.centering.to_original_batched(out, *args, **kwargs)
         return out
 
     def report(
@@ -472,9 +613,10 @@ class FlowGuide(AutoContinuous):
         report = diagnose(
             self.model, self, *args, num_samples=num_samples, model_kwargs=model_kwargs
         )
-        return report.with_refiner(
-            partial(refine, self.model, self, *args, model_kwargs=model_kwargs)
-        )
+        # the user's own model: refine decenters it (the model Pyro's autoguides keep is wrapped
+        # in an InitMessenger, which would set the decentered sites' values itself)
+        model = self._user_model[0] if self._user_model[0] is not None else self.model
+        return report.with_refiner(partial(refine, model, self, *args, model_kwargs=model_kwargs))
 
     @torch.no_grad()
     def quantiles(
@@ -529,6 +671,15 @@ def _subsample_sites(trace: pyro.poutine.Trace) -> pyro.poutine.Trace:
         if site["type"] == "sample" and site_is_subsample(site):
             out.add_node(name, **site)
     return out
+
+
+def _is_subsampled(trace: pyro.poutine.Trace) -> bool:
+    """Whether a plate of ``trace`` draws a subsample (then the model is not rerun inside the
+    guide, so no automatic reparameterization)."""
+    return any(
+        site["fn"].subsample_size not in (None, site["fn"].size)
+        for site in _subsample_sites(trace).nodes.values()
+    )
 
 
 def _check_seed(seed: Any, allow_none: bool = False) -> None:

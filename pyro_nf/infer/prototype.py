@@ -5,6 +5,8 @@ r"""How a :class:`~pyro_nf.FlowGuide` sets itself up on its first call.
 * :func:`initial_affine`: the Gaussian the flow starts from, :math:`u = \mu_0 + L_0 v`, found by
   ``init="laplace"`` (mode and inverse-Hessian factor, kept only if its ELBO beats the
   ``init_loc_fn`` start), ``"map"`` (the mode) or ``"loc"`` (``init_loc_fn`` as it is);
+* :func:`pushed_start`: such a start carried through a smooth bijection (the linearized
+  pushforward), e.g. from the non-centered coordinates where a mode was found to the guide's;
 * :func:`assemble_flow`: the guide's flow, the inner layers followed by the learnable affine map
   (the identity at the start) and the fixed preconditioner :math:`(\mu_0, L_0)`.
 """
@@ -37,6 +39,7 @@ __all__ = [
     "initial_affine",
     "minus_inf_on_error",
     "model_label",
+    "pushed_start",
 ]
 
 LogDensity = Callable[[torch.Tensor], torch.Tensor]
@@ -136,7 +139,11 @@ def initial_affine(
             if init == "map":
                 mode = find_mode(log_density, loc)
                 return {"loc": mode.mode, "init": "map", "mode": mode, **plain}
-            mode, tril, kind = laplace_approximation(log_density, loc, fallback_scale=init_scale)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", LaplaceFallbackWarning)
+                mode, tril, kind = laplace_approximation(
+                    log_density, loc, fallback_scale=init_scale
+                )
             # A mode need not be representative (a funnel's density peaks in its neck): keep
             # the Laplace start only if its ELBO beats the init_loc_fn start's.
             elbo_laplace = gaussian_elbo(log_density, mode.mode, tril)
@@ -149,7 +156,45 @@ def initial_affine(
             stacklevel=4,
         )
         return {"loc": loc, "init": f"loc ({init} failed)", **plain}
-    return _laplace_or_loc(mode, tril, kind, elbo_laplace, elbo_loc, loc, plain)
+    start = _laplace_or_loc(mode, tril, kind, elbo_laplace, elbo_loc, loc, plain)
+    for record in caught:  # a fallback inside a Laplace start that is not taken is no news
+        if start["init"].startswith("laplace") or record.category is not LaplaceFallbackWarning:
+            warnings.warn(record.message, record.category, stacklevel=4)
+    return start
+
+
+def pushed_start(
+    start: dict[str, Any], transform: Callable[[torch.Tensor], torch.Tensor]
+) -> dict[str, Any]:
+    r"""A start of :func:`initial_affine` moved through the smooth bijection ``transform``
+    (packed vector to packed vector): the location is mapped, and a Laplace factor :math:`L`
+    becomes the Cholesky factor of :math:`J L L^\top J^\top` (:math:`J` the Jacobian of
+    ``transform`` at the mode: the linearized pushforward of the Gaussian). A start without
+    informative curvature keeps its identity preconditioner; so does one whose pushed
+    covariance is not numerically positive definite.
+
+    Example:
+        >>> start = {"loc": torch.zeros(2), "scale_tril": torch.eye(2), "init": "laplace"}
+        >>> moved = pushed_start(start, lambda u: 2.0 * u + 1.0)
+        >>> moved["loc"].tolist(), moved["scale_tril"].diag().tolist()
+        ([1.0, 1.0], [2.0, 2.0])
+    """
+    moved = dict(start)
+    loc = start["loc"].detach()
+    with torch.no_grad():
+        moved["loc"] = transform(loc).detach()
+    if not start["init"].startswith("laplace"):
+        return moved
+    jac = torch.autograd.functional.jacobian(transform, loc)
+    tril = jac @ start["scale_tril"]
+    cov = tril @ tril.T
+    factor, info = torch.linalg.cholesky_ex(0.5 * (cov + cov.T))
+    if int(info) == 0 and bool(torch.isfinite(factor).all()):
+        moved["scale_tril"] = factor
+    else:  # degenerate Jacobian: the mode is kept, the curvature is not
+        moved["scale_tril"] = torch.eye(loc.numel(), dtype=loc.dtype, device=loc.device)
+        moved["init"] = start["init"] + ", curvature dropped"
+    return moved
 
 
 @contextmanager

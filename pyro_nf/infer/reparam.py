@@ -40,7 +40,9 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import pickle
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import pyro
@@ -48,6 +50,7 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.distributions.util import sum_rightmost
+from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.infer.inspect import get_dependencies
 from pyro.infer.reparam.reparam import Reparam
 from pyro.poutine.util import site_is_subsample
@@ -102,11 +105,16 @@ def _latent_sites(trace: poutine.Trace) -> list[str]:
 
 
 def loc_scale_sites(
-    model: Callable, *args: Any, model_kwargs: dict[str, Any] | None = None
+    model: Callable,
+    *args: Any,
+    model_kwargs: dict[str, Any] | None = None,
+    init_loc_fn: Callable | None = None,
 ) -> tuple[str, ...]:
     """The latent sites of ``model(*args, **model_kwargs)`` worth decentering: their distribution
     is one of :data:`LOC_SCALE_FAMILIES` (possibly ``to_event``) and its parameters depend on
     another latent site. ``()`` if there are none, or if the dependencies cannot be traced.
+    ``init_loc_fn`` (e.g. Pyro's ``init_to_median``) gives the latent values of the traces, as
+    in an autoguide (needed where a site cannot be sampled, e.g. ``ImproperUniform``).
 
     Example:
         >>> import pyro.distributions as dist
@@ -120,10 +128,11 @@ def loc_scale_sites(
     """
     check_callable("model", model, "a callable Pyro model")
     kwargs = check_model_kwargs(model_kwargs)
+    traced = model if init_loc_fn is None else InitMessenger(init_loc_fn)(model)
     with poutine.block():
-        trace = poutine.trace(model).get_trace(*args, **kwargs)
+        trace = poutine.trace(traced).get_trace(*args, **kwargs)
         try:
-            deps = get_dependencies(model, args, kwargs)["prior_dependencies"]
+            deps = get_dependencies(traced, args, kwargs)["prior_dependencies"]
         except Exception:  # noqa: BLE001 - untraceable models are simply left centered
             return ()
     latent = _latent_sites(trace)
@@ -135,6 +144,23 @@ def loc_scale_sites(
         if upstream & set(latent):
             found.append(name)
     return tuple(found)
+
+
+def floored_log_scale(scale: torch.Tensor) -> torch.Tensor:
+    r""":math:`\log\max(\sigma, \sigma_{\min})` with :math:`\sigma_{\min}` the dtype's smallest
+    normal number to the power 1/4 (about 1e-9.5 in float32, 1e-77 in float64).
+
+    Below :math:`\sigma_{\min}` the gradient of a location–scale log-density, which divides by
+    :math:`\sigma^4`, is not representable in the dtype (it is ``inf``, then ``NaN``) even in the
+    user's own centered model; the decentered model therefore treats such a scale as
+    :math:`\sigma_{\min}` (no gradient flows below it) instead of producing ``NaN``.
+
+    Example:
+        >>> floored_log_scale(torch.tensor([1.0, 0.0])).tolist()   # float32: log(1.17e-38) / 4
+        [0.0, -21.834...]
+    """
+    floor = torch.finfo(scale.dtype).tiny ** 0.25
+    return scale.clamp_min(floor).log()
 
 
 class _Decenter(Reparam):
@@ -149,13 +175,12 @@ class _Decenter(Reparam):
         fn, event_dim = self._unwrap(msg["fn"])
         c = self.owner.centered(self.name).to(dtype=fn.loc.dtype, device=fn.loc.device)
         params = {key: getattr(fn, key) for key in LOC_SCALE_FAMILIES[type(fn)]}
-        # a scale that underflowed to 0 would make d(scale^c)/dc = scale^c log(scale) NaN
-        scale = fn.scale.clamp_min(torch.finfo(fn.scale.dtype).tiny)
-        decentered_fn = type(fn)(loc=fn.loc * c, scale=scale.pow(c), **params)
+        log_scale = floored_log_scale(fn.scale)
+        decentered_fn = type(fn)(loc=fn.loc * c, scale=torch.exp(c * log_scale), **params)
         value = msg["value"]
         obs = None
         if value is not None:  # conditioned on the user's site: invert the map
-            obs = (value - fn.loc) * scale.pow(c - 1) + c * fn.loc
+            obs = (value - fn.loc) * torch.exp((c - 1) * log_scale) + c * fn.loc
         decentered = pyro.sample(
             decentered_name(self.name),
             self._wrap(decentered_fn, event_dim),
@@ -163,8 +188,8 @@ class _Decenter(Reparam):
             infer={"is_observed": msg["is_observed"]},
         )
         if value is None:
-            value = fn.loc + scale.pow(1 - c) * (decentered - c * fn.loc)
-        log_det = torch.broadcast_to((1 - c) * scale.log(), value.shape)
+            value = fn.loc + torch.exp((1 - c) * log_scale) * (decentered - c * fn.loc)
+        log_det = torch.broadcast_to((1 - c) * log_scale, value.shape)
         self.owner.log_dets[self.name] = sum_rightmost(log_det, event_dim)
         new_fn = dist.Delta(value, event_dim=event_dim).mask(False)
         return {"fn": new_fn, "value": value, "is_observed": True}
@@ -220,11 +245,12 @@ class LearnableCentering(nn.Module):
         missing = [s for s in sites if s not in shapes]
         if missing:
             raise ValueError(f"shapes: expected a shape for every site, missing {missing}")
-        self._user_model = (model,)  # a tuple: not registered as a submodule
+        self.user_model = model
         self.sites, self.learnable = tuple(sites), bool(learnable)
         self.prototype = prototype
         self.latent_names = tuple(_latent_sites(prototype))
         self.log_dets: dict[str, torch.Tensor] = {}
+        self._override: float | dict[str, torch.Tensor] | None = None
         start = _logit(init_centered) if learnable else init_centered
         tensors = [_full_like_site(prototype, s, shapes[s], start) for s in self.sites]
         if learnable:
@@ -233,19 +259,102 @@ class LearnableCentering(nn.Module):
             for i, t in enumerate(tensors):
                 self.register_buffer(f"_fixed_{i}", t)
 
+    @property
+    def user_model(self) -> Callable:
+        """The user's model (mapping draws back runs it). A pickled copy keeps it only if the
+        model itself pickles (a module-level function does, a closure or lambda does not); else
+        set it again (``guide.model = model`` on a :class:`~pyro_nf.FlowGuide`)."""
+        model = self._user_model[0]
+        if model is None:
+            raise RuntimeError(
+                "LearnableCentering: this copy was unpickled without its model (it did not "
+                "pickle); mapping draws back to the model's sites runs the model: set "
+                "guide.model = model (or .user_model = model) first"
+            )
+        return model
+
+    @user_model.setter
+    def user_model(self, model: Callable) -> None:
+        check_callable("model", model, "a callable Pyro model")
+        self._user_model = (model,)  # a tuple: not registered as a submodule
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The state to pickle, with the user's model only where it pickles."""
+        state = dict(super().__getstate__())
+        try:
+            pickle.dumps(self._user_model[0])
+        except Exception:  # noqa: BLE001 - closures, lambdas, local functions: any pickling error
+            state["_user_model"] = (None,)
+        return state
+
     def centered(self, name: str) -> torch.Tensor:
         """The centeredness :math:`c` of site ``name`` (its shape, values in ``[0, 1]``)."""
         i = self.sites.index(name)
-        if self.learnable:
-            return torch.sigmoid(self.logits[i])
-        return getattr(self, f"_fixed_{i}")
+        own = torch.sigmoid(self.logits[i]) if self.learnable else getattr(self, f"_fixed_{i}")
+        if self._override is None:
+            return own
+        if isinstance(self._override, dict):
+            return self._override[name]
+        return torch.full_like(own, float(self._override)).detach()
+
+    @torch.no_grad()
+    def set_centered(self, values: dict[str, torch.Tensor]) -> None:
+        """Set the centeredness of the sites in ``values`` (``{site: tensor of its shape}``,
+        entries in ``(0, 1)``; for fixed centering in ``[0, 1]``)."""
+        for name, c in values.items():
+            i = self.sites.index(name)
+            if self.learnable:
+                self.logits[i].copy_(torch.logit(c.to(self.logits[i])))
+            else:
+                getattr(self, f"_fixed_{i}").copy_(c)
+
+    @contextmanager
+    def fixed(self, centered: float | dict[str, torch.Tensor]) -> Iterator[None]:
+        """While active, :meth:`centered` is ``centered`` (one number for every coordinate, or
+        ``{site: tensor}``) instead of the learned centeredness.
+
+        Example:
+            >>> import pyro.distributions as dist
+            >>> def model():
+            ...     tau = pyro.sample("tau", dist.HalfNormal(1.0))
+            ...     pyro.sample("theta", dist.Normal(0.0, tau))
+            >>> rep = auto_reparam(model)
+            >>> with rep.fixed(0.0):
+            ...     rep.centered("theta").item()
+            0.0
+        """
+        saved, self._override = self._override, centered
+        try:
+            yield
+        finally:
+            self._override = saved
+
+    def recenter(
+        self,
+        values: dict[str, torch.Tensor],
+        centered_from: float | dict[str, torch.Tensor],
+        centered_to: float | dict[str, torch.Tensor],
+        *args: Any,
+        **kwargs: Any,
+    ) -> dict[str, torch.Tensor]:
+        """The reparameterized model's latent ``values`` at centeredness ``centered_from``,
+        expressed at ``centered_to`` (the same point of the user's model; differentiable)."""
+        with self.fixed(centered_from):
+            originals, _ = self.to_original(values, *args, **kwargs)
+        with self.fixed(centered_to):
+            return self.to_decentered(originals, *args, **kwargs)
 
     def _config(self, msg: dict[str, Any]) -> Reparam | None:
         return _Decenter(self, msg["name"]) if msg["name"] in self.sites else None
 
+    def reparameterized(self, model: Callable) -> Callable:
+        """``model`` with this object's sites decentered (a model with the same sites as the
+        user's, e.g. the user's model itself)."""
+        return poutine.reparam(model, config=self._config)
+
     def model(self, *args: Any, **kwargs: Any) -> Any:
         """The reparameterized model: ``theta`` is drawn as ``theta_decentered`` and computed."""
-        return poutine.reparam(self._user_model[0], config=self._config)(*args, **kwargs)
+        return self.reparameterized(self.user_model)(*args, **kwargs)
 
     def to_original(
         self, values: dict[str, torch.Tensor], *args: Any, **kwargs: Any
@@ -271,7 +380,7 @@ class LearnableCentering(nn.Module):
         """The inverse of :meth:`to_original`: the reparameterized model's latent values from
         the user's latent ``values``."""
         # conditioned inside the reparameterizer, so that it sees the values and inverts them
-        conditioned = poutine.condition(self._user_model[0], data=values)
+        conditioned = poutine.condition(self.user_model, data=values)
         with poutine.block():
             trace = poutine.trace(poutine.reparam(conditioned, config=self._config)).get_trace(
                 *args, **kwargs
@@ -338,9 +447,10 @@ def auto_reparam(
     model_kwargs: dict[str, Any] | None = None,
     init_centered: float = 0.5,
     learnable: bool = True,
+    init_loc_fn: Callable | None = None,
 ) -> LearnableCentering | None:
     """A :class:`LearnableCentering` of ``model``'s location–scale sites
-    (:func:`loc_scale_sites`), or ``None`` if it has none.
+    (:func:`loc_scale_sites`; ``init_loc_fn`` as there), or ``None`` if it has none.
 
     Example:
         >>> import pyro.distributions as dist
@@ -350,10 +460,11 @@ def auto_reparam(
         True
     """
     kwargs = check_model_kwargs(model_kwargs)
-    sites = loc_scale_sites(model, *args, model_kwargs=kwargs)
+    sites = loc_scale_sites(model, *args, model_kwargs=kwargs, init_loc_fn=init_loc_fn)
     if not sites:
         return None
+    traced = model if init_loc_fn is None else InitMessenger(init_loc_fn)(model)
     with poutine.block():
-        trace = poutine.trace(model).get_trace(*args, **kwargs)
+        trace = poutine.trace(traced).get_trace(*args, **kwargs)
     shapes = {name: trace.nodes[name]["value"].shape for name in sites}
     return LearnableCentering(model, sites, shapes, trace, init_centered, learnable)

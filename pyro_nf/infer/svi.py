@@ -277,9 +277,7 @@ def fit(
     params = _trainable_parameters(loss, model, guide, args, kwargs)
     _sync_guide_buffers(guide, train_kwargs.get("checkpoint"), train_kwargs.get("resume", True))
 
-    def loss_fn(step: int):
-        return loss.differentiable_loss(model, guide, *args, **kwargs)
-
+    loss_fn = _rejections_as_nan(lambda: loss.differentiable_loss(model, guide, *args, **kwargs))
     train_kwargs.setdefault("desc", "SVI")
     train_kwargs.setdefault("fingerprint", fit_fingerprint(guide, args, kwargs, loss))
     if early_stopping is True:
@@ -396,6 +394,40 @@ def _read_guide_state(path: str) -> dict[str, torch.Tensor]:
         raise ValueError(f"checkpoint: {path} has no integrity record; pass resume=False")
     check_finite_tensors(payload["buffers"], path, "checkpoint")
     return payload["buffers"]
+
+
+#: Pyro's messages for a distribution parameter or value outside its support: after a first
+#: good step, these come from an extreme draw of the guide (a scale that underflowed to 0), not
+#: from a bug in the model.
+_REJECTION_MESSAGES = ("to satisfy the constraint", "Expected value argument")
+
+
+def _rejections_as_nan(elbo_loss: Callable[[], torch.Tensor]) -> Callable[[int], torch.Tensor]:
+    """The loss of one step; a draw the model rejects (``ValueError`` with one of
+    :data:`_REJECTION_MESSAGES`) after a first good step counts as a non-finite loss, which
+    the NaN guard of :func:`~pyro_nf.training.train` answers (last good state back, learning
+    rate halved, or a :class:`~pyro_nf.training.TrainingDivergedError` naming the step)."""
+    succeeded = False
+
+    def loss_fn(step: int) -> torch.Tensor:
+        nonlocal succeeded
+        try:
+            value = elbo_loss()
+        except ValueError as err:
+            text = str(err)
+            if not succeeded or not any(m in text for m in _REJECTION_MESSAGES):
+                raise
+            warnings.warn(
+                f"fit: step {step}: the model rejected a draw of the guide "
+                f"({text.splitlines()[0][:160]}); counted as a non-finite loss",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return torch.tensor(math.nan, requires_grad=True)
+        succeeded = True
+        return value
+
+    return loss_fn
 
 
 def _warn_not_converged(steps: int) -> None:

@@ -98,8 +98,9 @@ def test_neutra_reparam_with_nuts():
         v = pyro.sample("v", dist.Normal(0.0, 1.5))
         pyro.sample("x", dist.Normal(0.0, torch.exp(v / 2)))
 
+    # on the sites as written (reparam=False), Pyro's own recipe applies unchanged
     pyro.set_rng_seed(0)
-    guide = pyro_nf.FlowGuide(funnel, flow="iaf")
+    guide = pyro_nf.FlowGuide(funnel, flow="iaf", reparam=False)
     pyro_nf.fit(funnel, guide, steps=300, lr=0.02, num_particles=8, progress=False)
     neutra = NeuTraReparam(guide.requires_grad_(False))
     model = pyro.poutine.reparam(funnel, config=lambda _: neutra)
@@ -108,6 +109,20 @@ def test_neutra_reparam_with_nuts():
     latent = mcmc.get_samples()["v_shared_latent"]
     samples = neutra.transform_sample(latent)
     assert samples["v"].shape == (60,) and bool(torch.isfinite(samples["x"]).all())
+
+    # x is decentered by default: NUTS runs on the model the flow was fitted on
+    # (guide.centering.model) and the draws map back to x
+    pyro.set_rng_seed(0)
+    guide = pyro_nf.FlowGuide(funnel, flow="iaf")
+    pyro_nf.fit(funnel, guide, steps=300, lr=0.02, num_particles=8, progress=False)
+    neutra = NeuTraReparam(guide.requires_grad_(False))
+    model = pyro.poutine.reparam(guide.centering.model, config=lambda _: neutra)
+    mcmc = MCMC(NUTS(model), num_samples=60, warmup_steps=40, disable_progbar=True)
+    mcmc.run()
+    latent = mcmc.get_samples()["v_shared_latent"]
+    samples = guide.centering.to_original_batched(neutra.transform_sample(latent))
+    assert set(samples) == {"v", "x"} and samples["x"].shape == (60,)
+    assert bool(torch.isfinite(samples["x"]).all())
 
 
 def test_khat_small_for_a_good_guide_large_for_a_poor_one():
@@ -308,7 +323,7 @@ def test_unbounded_density_falls_back_to_init_loc_with_a_warning():
     for seed in (1, 2):  # seeds on which the mode search runs into tau = 0
         pyro.clear_param_store()
         pyro.set_rng_seed(seed)
-        guide = pyro_nf.FlowGuide(model)
+        guide = pyro_nf.FlowGuide(model, reparam=False)  # the sites as written
         guide()
         assert guide._init_info["init"].startswith("loc")
         history = pyro_nf.fit(

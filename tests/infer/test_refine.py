@@ -58,8 +58,9 @@ def test_potential_is_neutra_reparams():
     y = Y.double()
     guide = _perturbed_guide(scale_model, y, dtype=torch.float64)
     target = BaseSpaceTarget(scale_model, guide, (y,), {})
+    assert guide.centering is not None  # theta ~ N(0, s): decentered, NUTS runs on that model
     neutra = NeuTraReparam(guide)
-    reparam = pyro.poutine.reparam(scale_model, config=lambda site: neutra)
+    reparam = pyro.poutine.reparam(guide.centering.model, config=lambda site: neutra)
     _, potential_fn, _, _ = initialize_model(reparam, (y,))
     gen = torch.Generator().manual_seed(0)
     for _ in range(3):
