@@ -28,6 +28,8 @@ API (all times are in seconds unless a name says otherwise):
 * :func:`format_table` — a plain-text table (right-aligned numbers, left-aligned text).
 * :func:`machine_info` — torch/pyro/python versions, threads, device, CPU/GPU model, date.
 * :func:`save_json` — write a payload plus ``machine`` info to a JSON file (dirs created).
+* :func:`load_results`, :func:`merged_rows` — read several results files back and merge their
+  rows (a later row replaces an earlier one with the same key): the ``--merge`` of a benchmark.
 * :func:`linear_fit`, :func:`loglog_slope` — least-squares slope helpers for scaling summaries.
 """
 
@@ -321,6 +323,30 @@ def save_json(
     data = {"machine": machine_info(device), **payload}
     out.write_text(json.dumps(_finite(data), indent=2) + "\n", encoding="utf-8")
     return out
+
+
+def load_results(paths: Sequence[str | os.PathLike[str]]) -> list[dict[str, Any]]:
+    """The payloads of several results files (as :func:`save_json` wrote them), in order."""
+    return [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
+
+
+def merged_rows(
+    payloads: Sequence[Mapping[str, Any]], section: str, key: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The rows of list ``section`` of every payload; a later row replaces an earlier one with
+    the same values of the fields ``key`` (e.g. a rerun of one model and seed).
+
+    Example:
+        >>> a = {"runs": [{"m": "x", "seed": 0, "v": 1}, {"m": "y", "seed": 0, "v": 2}]}
+        >>> b = {"runs": [{"m": "x", "seed": 0, "v": 3}]}
+        >>> [r["v"] for r in merged_rows([a, b], "runs", ("m", "seed"))]
+        [3, 2]
+    """
+    rows: dict[tuple, dict[str, Any]] = {}
+    for payload in payloads:
+        for r in payload.get(section, []):
+            rows[tuple(r[k] for k in key)] = r
+    return list(rows.values())
 
 
 def _finite(obj: Any) -> Any:

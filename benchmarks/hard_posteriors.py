@@ -54,7 +54,6 @@ References:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -81,10 +80,16 @@ from pyro_nf.training import TrainingDivergedError
 
 try:  # run as a script (benchmarks/ on sys.path) or imported as ``benchmarks.hard_posteriors``
     import hard_models as hm
-    from _common import format_table, save_json, set_threads
+    from _common import format_table, load_results, merged_rows, save_json, set_threads
 except ImportError:  # pragma: no cover
     from benchmarks import hard_models as hm
-    from benchmarks._common import format_table, save_json, set_threads
+    from benchmarks._common import (
+        format_table,
+        load_results,
+        merged_rows,
+        save_json,
+        set_threads,
+    )
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_OUT = RESULTS_DIR / "hard_posteriors.json"
@@ -604,19 +609,15 @@ def seed_verdicts(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def merge_payloads(paths: Sequence[Path]) -> tuple[list, list, dict, dict]:
     """Rows, investigation rows, references and skipped models of several result files; a
     later file's row replaces an earlier one of the same (model, guide, seed)."""
-    rows: dict[tuple, dict[str, Any]] = {}
-    inv: dict[tuple, dict[str, Any]] = {}
+    payloads = load_results(paths)
+    key = ("model", "guide", "seed")
     references: dict[str, Any] = {}
     skipped: dict[str, str] = {}
-    for path in paths:
-        payload = json.loads(Path(path).read_text())
-        for r in payload["results"]:
-            rows[(r["model"], r["guide"], r["seed"])] = r
-        for r in payload.get("investigation", []):
-            inv[(r["model"], r["guide"], r["seed"])] = r
+    for payload in payloads:
         references.update(payload.get("references", {}))
         skipped.update(payload.get("skipped", {}))
-    return list(rows.values()), list(inv.values()), references, skipped
+    rows, inv = merged_rows(payloads, "results", key), merged_rows(payloads, "investigation", key)
+    return rows, inv, references, skipped
 
 
 # -- main ----------------------------------------------------------------------------------------

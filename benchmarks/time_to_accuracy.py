@@ -47,7 +47,6 @@ os.environ.setdefault(
 )
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import math  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -67,10 +66,24 @@ from pyro_nf.infer.refine import TARGET_ACCEPT_PROB, BaseSpaceTarget  # noqa: E4
 
 try:  # run as a script (benchmarks/ on sys.path) or imported as ``benchmarks.time_to_accuracy``
     import hard_models as hm
-    from _common import format_table, machine_info, save_json, set_threads
+    from _common import (
+        format_table,
+        load_results,
+        machine_info,
+        merged_rows,
+        save_json,
+        set_threads,
+    )
 except ImportError:  # pragma: no cover
     from benchmarks import hard_models as hm
-    from benchmarks._common import format_table, machine_info, save_json, set_threads
+    from benchmarks._common import (
+        format_table,
+        load_results,
+        machine_info,
+        merged_rows,
+        save_json,
+        set_threads,
+    )
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_OUT = RESULTS / "time_to_accuracy.json"
@@ -444,14 +457,11 @@ def verdicts(summary: Sequence[dict[str, Any]]) -> list[str]:
 def merge(paths: Sequence[Path]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The runs of several result files (a later run replaces one of the same model, method and
     seed) and each file's settings."""
-    runs: dict[tuple, dict[str, Any]] = {}
-    settings = []
-    for path in paths:
-        payload = json.loads(Path(path).read_text())
-        settings.append({"file": str(path), **payload.get("settings", {})})
-        for r in payload["runs"]:
-            runs[(r["model"], r["method"], r["seed"])] = r
-    return list(runs.values()), settings
+    payloads = load_results(paths)
+    settings = [
+        {"file": str(p), **d.get("settings", {})} for p, d in zip(paths, payloads, strict=True)
+    ]
+    return merged_rows(payloads, "runs", ("model", "method", "seed")), settings
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
