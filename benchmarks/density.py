@@ -313,14 +313,17 @@ def verdicts(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def table(results: Sequence[dict[str, Any]]) -> str:
-    headers = ["data", "D", "contender", "test LL ± SE", "fit s", "params"]
+    headers = ["data", "D", "contender", "steps", "test LL ± SE", "fit s", "params"]
     rows = []
     for r in results:
         for name, info in r["rows"].items():
             ll = f"{info['test_ll']:.3f} ± {info['test_se']:.3f}"
             if info["diverged"]:
                 ll += " (diverged)"
-            rows.append([r["dataset"], r["dim"], name, ll, f"{info['fit_s']:.1f}", info["params"]])
+            steps = info.get("steps", "")
+            rows.append(
+                [r["dataset"], r["dim"], name, steps, ll, f"{info['fit_s']:.1f}", info["params"]]
+            )
     return format_table(headers, rows)
 
 

@@ -3,17 +3,22 @@ r"""Do FlowGuide's *defaults* work on hard real posteriors, and do they say when
 For each of five hard posteriors (:mod:`hard_models`: badly scaled linear regression with
 :math:`\rho \approx -0.99`, logistic regression on raw German credit features, centered eight
 schools, Neal's 10-D funnel, a centered 50-group varying-slopes model) this fits, under the
-**same step budget, learning rate and number of particles**:
+**same step budget and learning rate**:
 
 * ``FlowGuide`` — ``pyro_nf.FlowGuide(model)`` and ``pyro_nf.fit(model, guide, *args,
-  steps=S, lr=lr, num_particles=P)`` with every other setting at its default (flow family,
-  depth, Laplace initialisation, early stopping on the smoothed ELBO — a run may stop before
-  ``S``; the JSON's ``library`` entry identifies the code whose defaults were measured);
+  steps=S, lr=lr)`` with every other setting at its default (flow family, depth, start,
+  decentering, ``FlowGuide.default_num_particles`` ELBO particles, early stopping on the
+  smoothed ELBO — a run may stop before ``S``; the JSON's ``library`` entry identifies the
+  code whose defaults were measured);
 * Pyro's ``AutoNormal``, ``AutoMultivariateNormal``, ``AutoIAFNormal(num_transforms=4)`` and
   ``AutoNormalizingFlow`` with Pyro's ``spline_coupling`` (two coupling layers, 8 bins, each
   followed by a reversal) and with BNAF (``iterated(2, block_autoregressive)``, as in Pyro's
-  ``AutoNormalizingFlow`` example), otherwise at their defaults, fitted by the same loop (``pyro_nf.fit(..., early_stopping=None)``: torch Adam at
-  ``lr`` over every parameter, ``Trace_ELBO`` with ``P`` particles, all ``S`` steps).
+  ``AutoNormalizingFlow`` example), otherwise at their defaults, fitted by the same loop
+  (``pyro_nf.fit(..., early_stopping=None)``: torch Adam at ``lr`` over every parameter,
+  ``Trace_ELBO`` with Pyro's default of one particle, all ``S`` steps);
+* the first three again with 4 particles per step (``[P=4]``, as many as FlowGuide draws).
+
+``--num-particles P`` gives every guide ``P`` particles instead.
 
 and measures, against a reference posterior (exact, quadrature or long NUTS, cached in
 ``benchmarks/reference/hard_*.json``), in the constrained space of the user's model and over
@@ -35,7 +40,7 @@ flags the failure with :math:`\hat k > 0.7`; and it beats every Pyro guide (its 
 ``--variants`` adds FlowGuide runs with non-default arguments (the investigation of where the
 defaults fall short); they are reported separately and never enter the verdicts. ``no_reparam`` is FlowGuide on
 the model's sites as written (``reparam=False``: no automatic non-centering of location–scale
-sites, :mod:`pyro_nf.infer.reparam`); ``spline_*`` the spline families.
+sites, :mod:`pyro_nf.infer.reparam`; run only where the model has such sites); ``spline_*`` the spline families.
 
 Usage::
 
@@ -76,6 +81,8 @@ from pyro.infer.autoguide.initialization import init_to_feasible
 from pyro.infer.importance import vectorized_importance_weights
 
 import pyro_nf
+from pyro_nf.infer.reparam import loc_scale_sites
+from pyro_nf.infer.svi import default_num_particles
 from pyro_nf.training import TrainingDivergedError
 
 try:  # run as a script (benchmarks/ on sys.path) or imported as ``benchmarks.hard_posteriors``
@@ -125,6 +132,13 @@ PYRO_GUIDES: dict[str, Callable[[Callable], Any]] = {
     "AutoNF[spline_coupling]": lambda model: AutoNormalizingFlow(model, _pyro_spline_coupling),
     "AutoNF[BNAF]": lambda model: AutoNormalizingFlow(model, _pyro_bnaf),
 }
+#: Pyro's Gaussian and IAF guides again, fitted with as many ELBO particles per step as
+#: FlowGuide's default (``FlowGuide.default_num_particles``): the side-by-side check that
+#: FlowGuide's lead is not its particles.
+PYRO_PARTICLES = {
+    f"{name}[P=4]": 4 for name in ("AutoNormal", "AutoMultivariateNormal", "AutoIAFNormal(4)")
+}
+PYRO_GUIDES.update({name: PYRO_GUIDES[name.removesuffix("[P=4]")] for name in PYRO_PARTICLES})
 GUIDE_NAMES = (FLOWGUIDE, *PYRO_GUIDES)
 
 
@@ -355,16 +369,15 @@ def run_one(
             guide = PYRO_GUIDES[guide_name](problem.model)
             guide(*problem.args)
         t_init = time.perf_counter() - t0
-        kwargs: dict[str, Any] = {
-            "steps": opts.steps,
-            "lr": opts.lr,
-            "num_particles": opts.num_particles,
-            "progress": False,
-        }
+        particles = opts.num_particles or PYRO_PARTICLES.get(guide_name)
+        kwargs: dict[str, Any] = {"steps": opts.steps, "lr": opts.lr, "progress": False}
+        if particles is not None:  # else fit's default: FlowGuide's own, 1 for Pyro's guides
+            kwargs["num_particles"] = particles
         if not is_flow:
             kwargs["early_stopping"] = None
         kwargs.update(fit_kwargs)
-        if kwargs.get("num_particles", 1) > 1:
+        kwargs.setdefault("num_particles", default_num_particles(guide))
+        if kwargs["num_particles"] > 1:
             kwargs["max_plate_nesting"] = problem.max_plate_nesting
         try:
             history = pyro_nf.fit(problem.model, guide, *problem.args, **kwargs)
@@ -396,6 +409,7 @@ def run_one(
         "variant": variant,
         "seed": seed,
         "steps": history.num_steps,
+        "num_particles": kwargs["num_particles"],
         "stop_reason": history.stop_reason,
         "converged": history.converged,
         **errors(mean, sd, ref, problem.names),
@@ -633,7 +647,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke run: few steps and draws")
     p.add_argument("--steps", type=int, default=5000, help="step budget (all guides)")
     p.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (all guides)")
-    p.add_argument("--num-particles", type=int, default=1, help="ELBO particles (all guides)")
+    p.add_argument(
+        "--num-particles",
+        type=int,
+        default=None,
+        help="ELBO particles, all guides (default: each guide's default in pyro_nf.fit, "
+        "FlowGuide.default_num_particles for FlowGuide, 1 for Pyro's; 4 for the [P=4] guides)",
+    )
     p.add_argument("--samples", type=int, default=20000, help="guide draws for the moments")
     p.add_argument("--khat-samples", type=int, default=10000, help="draws for psis_khat")
     p.add_argument("--reweight-samples", type=int, default=20000, help="reweighted_summary draws")
@@ -668,7 +688,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.report_samples = min(args.report_samples, 500)
     if args.out is None:
         args.out = QUICK_OUT if args.quick else DEFAULT_OUT
-    if min(args.steps, args.samples, args.khat_samples, args.num_particles) < 1 or args.lr <= 0:
+    particles = 1 if args.num_particles is None else args.num_particles
+    if min(args.steps, args.samples, args.khat_samples, particles) < 1 or args.lr <= 0:
         p.error("--steps, --samples, --khat-samples, --num-particles must be >= 1, --lr > 0")
     if FLOWGUIDE not in args.guides and args.variants:
         args.guides = [FLOWGUIDE, *args.guides]
@@ -721,12 +742,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 row = run_one(problem, ref, guide_name, opts, seed=seed)
                 rows.append(row)
                 _progress(row)
-            for variant in opts.variants:
+            for variant in variants_for(problem, opts.variants):
                 row = run_one(problem, ref, FLOWGUIDE, opts, variant=variant, seed=seed)
                 investigation.append(row)
                 _progress(row)
     total = time.perf_counter() - t_start
     return report_and_save(opts, rows, investigation, references, skipped, command, total)
+
+
+def variants_for(problem: hm.HardProblem, variants: Sequence[str]) -> list[str]:
+    """The ``variants`` that differ from the default on ``problem``: ``no_reparam`` only where
+    the model has location–scale sites to decenter (elsewhere it *is* the default)."""
+    if "no_reparam" not in variants:
+        return list(variants)
+    with torch.random.fork_rng(devices=[]):
+        sites = loc_scale_sites(problem.model, *problem.args)
+    return [v for v in variants if v != "no_reparam" or sites]
 
 
 def report_and_save(
@@ -822,6 +853,7 @@ def library_state() -> dict[str, Any]:
         "infer/guides.py",
         "infer/prototype.py",
         "infer/laplace.py",
+        "infer/reparam.py",
         "infer/svi.py",
         "training/loop.py",
         "flows/layers.py",

@@ -22,11 +22,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..utils.validation import check_positive_int
 from . import builders
 from .flow import Flow
 
 __all__ = [
     "FlowFamily",
+    "IAF_TWO_LAYER_MAX_DIM",
     "build_flow",
     "family_names",
     "flow_spec",
@@ -46,7 +48,8 @@ class FlowFamily:
     Attributes:
         name: the registry key (``"planar"``, ``"iaf"``, ...).
         builder: ``builder(dim, ...) -> Flow``.
-        guide_depth: default depth in :class:`~pyro_nf.FlowGuide` (``None``: not a guide family).
+        guide_depth: default depth in :class:`~pyro_nf.FlowGuide`: a number, or ``dim -> depth``
+            (read through :meth:`guide_depth_for`; ``None``: not a guide family).
         vae_depth: default depth of a VAE encoder (``None``: not a VAE family).
         min_dim: the smallest event dimension the family supports (coupling flows need 2).
         guide_kwargs: ``dim -> dict`` of builder defaults for guides (e.g. IAF's hidden width).
@@ -60,11 +63,23 @@ class FlowFamily:
 
     name: str
     builder: Callable[..., Flow]
-    guide_depth: int | None = None
+    guide_depth: int | Callable[[int], int] | None = None
     vae_depth: int | None = None
     min_dim: int = 1
     guide_kwargs: Callable[[int], dict[str, Any]] = field(default=lambda dim: {})
     vae_kwargs: Callable[[int], dict[str, Any]] = field(default=lambda dim: {})
+
+    def guide_depth_for(self, dim: int) -> int:
+        """The default guide depth for a ``dim``-dimensional latent space.
+
+        Example:
+            >>> get_family("iaf").guide_depth_for(10), get_family("iaf").guide_depth_for(105)
+            (2, 1)
+        """
+        if self.guide_depth is None:
+            raise ValueError(f"flow: {self.name!r} is not a guide family")
+        depth = self.guide_depth(dim) if callable(self.guide_depth) else self.guide_depth
+        return check_positive_int(f"{self.name} guide_depth({dim})", depth)
 
     def check_dim(self, dim: int, argname: str = "flow") -> None:
         """Refuse a latent dimension the family cannot handle, naming ``argname``."""
@@ -81,7 +96,7 @@ def register_family(
     name: str,
     builder: Callable[..., Flow],
     *,
-    guide_depth: int | None = None,
+    guide_depth: int | Callable[[int], int] | None = None,
     vae_depth: int | None = None,
     min_dim: int = 1,
     guide_kwargs: Callable[[int], dict[str, Any]] | None = None,
@@ -112,6 +127,8 @@ def register_family(
             "already registered"
         )
     for argname, depth in (("guide_depth", guide_depth), ("vae_depth", vae_depth)):
+        if argname == "guide_depth" and callable(depth):
+            continue  # dim -> depth, checked where it is read (FlowFamily.guide_depth_for)
         if depth is not None and (
             isinstance(depth, bool) or not isinstance(depth, int) or depth < 1
         ):
@@ -343,13 +360,26 @@ def _iaf_guide_kwargs(dim: int) -> dict[str, Any]:
     return {"update": "affine", "hidden": (3 * dim + 1,)}
 
 
+#: Latent dimensions up to which a guide's IAF has two layers (one above): on centered eight
+#: schools (D = 10) one layer left one seed of three 0.2 log-sd off in tau's tail, two left
+#: none; on the 105-D hierarchical model two layers did not converge in the 5000-step budget
+#: (``benchmarks/hard_posteriors.py``).
+IAF_TWO_LAYER_MAX_DIM = 64
+
+
+def _iaf_guide_depth(dim: int) -> int:
+    return 2 if dim <= IAF_TWO_LAYER_MAX_DIM else 1
+
+
 def _iaf_orientation(dim: int) -> dict[str, Any]:
     return {"invert": False}
 
 
 register_family("planar", builders.planar, guide_depth=8, vae_depth=10)
 register_family("radial", builders.radial, guide_depth=8, vae_depth=10)
-register_family("iaf", builders.iaf, guide_depth=1, vae_depth=2, guide_kwargs=_iaf_guide_kwargs)
+register_family(
+    "iaf", builders.iaf, guide_depth=_iaf_guide_depth, vae_depth=2, guide_kwargs=_iaf_guide_kwargs
+)
 # MAF samples in D sequential passes: a guide family, not a VAE encoder (IAF is its dual there)
 register_family("maf", builders.maf, guide_depth=2)
 register_family("nice", builders.nice, guide_depth=4, vae_depth=4, min_dim=2)

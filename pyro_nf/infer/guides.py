@@ -87,7 +87,7 @@ def _build_inner_flow(
         family = get_family(spec, use="guide")
         family.check_dim(dim)
         kwargs = {**family.guide_kwargs(dim), **kwargs}
-        depth = family.guide_depth if depth is None else depth
+        depth = family.guide_depth_for(dim) if depth is None else depth
         return family.builder(dim, depth=depth, base="standard", **kwargs)
     flow = spec(dim) if not isinstance(spec, Flow) and callable(spec) else spec
     if not isinstance(flow, Flow):
@@ -198,7 +198,7 @@ def _check_builder_keywords(flow: str, depth: int | None, flow_kwargs: dict[str,
         with torch.random.fork_rng(devices=[]):
             family.builder(
                 dim,
-                depth=family.guide_depth if depth is None else depth,
+                depth=family.guide_depth_for(dim) if depth is None else depth,
                 base="standard",
                 **{**family.guide_kwargs(dim), **flow_kwargs},
             )
@@ -228,7 +228,8 @@ class FlowGuide(AutoContinuous):
         flow: ``"iaf"`` (default; affine update, see :func:`~pyro_nf.iaf`), ``"planar"``, ``"radial"``, ``"maf"``, ``"realnvp"``,
             ``"nice"``; or a directly parameterized :class:`~pyro_nf.Flow` of the latent
             dimension; or a callable ``dim -> Flow``.
-        depth: number of flow layers (family default if ``None``: IAF 1, planar/radial 8, ...).
+        depth: number of flow layers (family default if ``None``: IAF 2 up to
+            ``IAF_TWO_LAYER_MAX_DIM`` latent dimensions and 1 above, planar/radial 8, ...).
         init_loc_fn: per-site initialisation, as for Pyro's autoguides (default
             ``init_to_median``).
         init: how the Gaussian the flow starts from is found (see the module docstring):
@@ -254,10 +255,11 @@ class FlowGuide(AutoContinuous):
             follow a changing subsample); local latents need :class:`AmortizedFlowGuide`.
         reparam: decenter the model's location–scale sites (a Normal, StudentT, Cauchy or
             Laplace site whose location or scale is another latent, as in a centered
-            hierarchical model) with a learnable centeredness per coordinate (starting at
-            1/2), and fit the flow there (:mod:`pyro_nf.infer.reparam`; Gorinova et al.
-            2020). The guide still draws and reports the model's own sites, with their exact
-            density; ``guide.centering`` holds the centeredness and the decentered model
+            hierarchical model) with a learnable centeredness per coordinate (starting
+            mostly non-centered, at :data:`~pyro_nf.infer.reparam.INIT_CENTEREDNESS`), and fit
+            the flow there (:mod:`pyro_nf.infer.reparam`; Gorinova et al. 2020). The guide
+            still draws and reports the model's own sites, with their exact density;
+            ``guide.centering`` holds the centeredness and the decentered model
             (``guide.centering.model``, what the flow is fitted on). Not applied in a
             subsampled model. ``False``: work on the sites as written.
         **flow_kwargs: passed to the family builder (for ``"iaf"`` the defaults are
@@ -286,6 +288,10 @@ class FlowGuide(AutoContinuous):
         >>> guide.quantiles([0.5])["scale"].shape
         torch.Size([1])
     """
+
+    #: ELBO particles per step that :func:`pyro_nf.fit` draws for this guide unless told
+    #: otherwise (:func:`~pyro_nf.infer.svi.default_num_particles`)
+    default_num_particles: int = 4
 
     def __init__(
         self,

@@ -53,7 +53,7 @@ import multiprocessing
 import os
 import sys
 import time
-import warnings
+import warnings  # noqa: F401 (the doctests use it)
 from collections.abc import Callable
 from typing import Any
 
@@ -68,6 +68,7 @@ from ..diagnostics.draws import check_callable, check_keywords, check_model_kwar
 from ..diagnostics.inference_data import flat_convergence, inference_data_from_samples
 from ..transforms import ChainTransform
 from ..utils.validation import check_positive_int
+from ..utils.warn import warn_at_caller
 from .nuts import MAX_INIT_TRIES, STAT_NAMES, ChainSettings, InitializationError, run_chain
 
 __all__ = [
@@ -377,13 +378,12 @@ def warn_if_unconverged(summary: dict[str, Any], num_chains: int, num_samples: i
         total = num_chains * num_samples
         problems.append(f"{summary['divergences']} divergent transitions of {total}")
     if problems:
-        warnings.warn(
+        warn_at_caller(  # at the user's line, via refine() or report.refine() alike
             "refine: the draws failed a convergence check: "
             + "; ".join(problems)
             + ". Run longer (num_warmup, num_samples), raise target_accept_prob, or fit the "
             "guide better (divergences mean geometry the flow did not straighten)",
             RefinementWarning,
-            stacklevel=3,
         )
     return problems
 

@@ -1,4 +1,5 @@
-"""The bottom layer: argument checks (:mod:`.validation`) and the networks flows use (:mod:`.nn`).
+"""The bottom layer: argument checks (:mod:`.validation`), the networks flows use (:mod:`.nn`),
+hashes (:mod:`.hashing`) and warnings attributed to the user's line (:mod:`.warn`).
 
 Nothing here imports any other part of pyro-nf.
 """

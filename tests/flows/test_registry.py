@@ -18,6 +18,7 @@ from pyro_nf.flows import (
     unregister_family,
 )
 from pyro_nf.flows.distribution import FlowDistribution, FlowLike
+from pyro_nf.flows.registry import IAF_TWO_LAYER_MAX_DIM
 from pyro_nf.vae import make_posterior
 
 
@@ -99,9 +100,17 @@ def test_min_dim_is_enforced_for_every_use(name):
 
 
 def test_builtin_defaults_are_the_documented_ones():
-    depths = {n: (get_family(n).guide_depth, get_family(n).vae_depth) for n in family_names()}
+    depths = {
+        n: (get_family(n).guide_depth_for(10) if get_family(n).guide_depth else None,
+            get_family(n).vae_depth)
+        for n in family_names()
+    }  # fmt: skip
     assert depths["planar"] == (8, 10) and depths["radial"] == (8, 10)
-    assert depths["iaf"] == (1, 2) and depths["maf"] == (2, None)
+    assert depths["iaf"] == (2, 2) and depths["maf"] == (2, None)
+    # the guide's IAF: two layers in small latent spaces, one in large ones
+    iaf = get_family("iaf")
+    assert iaf.guide_depth_for(IAF_TWO_LAYER_MAX_DIM) == 2
+    assert iaf.guide_depth_for(IAF_TWO_LAYER_MAX_DIM + 1) == 1
     assert depths["nice"] == (4, 4) and depths["realnvp"] == (4, 4)
     assert depths["gaussian"] == (None, None) and depths["stack"] == (None, None)
     assert get_family("iaf").guide_kwargs(3) == {"update": "affine", "hidden": (10,)}

@@ -208,7 +208,9 @@ def test_flowguide_takes_the_family(name):
     guide()
     layers = [m for m in guide.modules() if isinstance(m, SplineAutoregressiveLayer)]
     assert all(not layer.invert for layer in layers)  # IAF orientation for guides
-    assert len(layers) == (get_family(name).guide_depth if name == "spline_autoregressive" else 0)
+    assert len(layers) == (
+        get_family(name).guide_depth_for(3) if name == "spline_autoregressive" else 0
+    )
     svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), pyro.infer.Trace_ELBO())
     assert all(torch.isfinite(torch.tensor(svi.step())) for _ in range(3))
 

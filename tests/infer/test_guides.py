@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import warnings
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -176,6 +179,52 @@ def test_predictive_renyi_and_vectorized_particles():
     assert torch.isfinite(torch.tensor(svi.step()))
     pred = Predictive(gaussian_model, guide=guide, num_samples=7)()
     assert pred["z"].shape == (7, 3) and pred["y"].shape == (7, 4)
+
+
+def _shape_recorder(shapes: list):
+    def model():
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        shapes.append(tuple(z.shape))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=torch.tensor(0.5))
+
+    return model
+
+
+def test_fit_draws_the_guides_default_particles_vectorized():
+    from pyro_nf.infer.svi import default_num_particles
+
+    shapes: list = []
+    model = _shape_recorder(shapes)
+    guide = pyro_nf.FlowGuide(model, "planar", 1)
+    assert default_num_particles(guide) == pyro_nf.FlowGuide.default_num_particles == 4
+    pyro_nf.fit(model, guide, steps=3, progress=False, early_stopping=None)
+    assert shapes[-1] == (4,)  # one vectorized batch of 4 (Pyro's particle plate)
+    shapes.clear()
+    pyro_nf.fit(model, guide, steps=3, num_particles=1, progress=False, early_stopping=None)
+    assert set(shapes) == {()}  # asked for: one draw
+    pyro_nf.fit(model, guide, steps=3, elbo="renyi", progress=False, early_stopping=None)
+    assert shapes[-1] == (1,)  # a Renyi bound depends on K: never chosen for the user
+    shapes.clear()
+    auto = pyro.infer.autoguide.AutoNormal(model)
+    pyro_nf.fit(model, auto, steps=3, progress=False, early_stopping=None)
+    assert set(shapes) == {()}  # other guides: Pyro's default of one
+
+
+def test_fit_draws_default_particles_one_by_one_where_the_model_cannot_vectorize():
+    def branchy():
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        loc = z if z > 0 else -z  # Python control flow on a value: not vectorizable
+        pyro.sample("x", dist.Normal(loc, 1.0), obs=torch.tensor(0.5))
+
+    guide = pyro_nf.FlowGuide(branchy, "planar", 1)
+    with pytest.warns(RuntimeWarning, match="could not run 4 particles vectorized"):
+        history = pyro_nf.fit(branchy, guide, steps=5, progress=False, early_stopping=None)
+    assert len(history.losses) == 5 and all(map(math.isfinite, history.losses))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # asked for one draw: no warning
+        pyro_nf.fit(branchy, guide, steps=2, num_particles=1, progress=False, early_stopping=None)
+    with pytest.raises(RuntimeError, match="ambiguous"):  # asked for vectorized: the error
+        pyro_nf.fit(branchy, guide, steps=2, num_particles=4, progress=False)
 
 
 def test_global_latents_with_a_subsampled_data_plate():

@@ -65,7 +65,14 @@ def test_quick_mode_writes_json(tmp_path):
         "AutoIAFNormal(4)",
         "AutoNF[spline_coupling]",
         "AutoNF[BNAF]",
+        "AutoNormal[P=4]",
+        "AutoMultivariateNormal[P=4]",
+        "AutoIAFNormal(4)[P=4]",
     }
+    # FlowGuide and the [P=4] guides draw 4 particles a step, Pyro's own guides Pyro's one
+    particles = {r["guide"]: r["num_particles"] for r in data["results"]}
+    assert particles["FlowGuide"] == 4 and particles["AutoNormal"] == 1
+    assert particles["AutoNormal[P=4]"] == 4
     assert data["markdown"].startswith("| model | guide |")
     assert "--quick" in data["command"]
     # the cached NUTS reference is used: every row has a finite error and k-hat

@@ -120,6 +120,18 @@ def test_too_short_a_run_warns_naming_the_numbers():
     assert "refine: the draws failed a convergence check" in str(rec[0].message)
 
 
+def test_the_warning_points_at_the_users_line_by_either_path():
+    guide = _perturbed_guide(scale_model, Y)
+    short = {"num_chains": 2, "num_warmup": 10, "num_samples": 20, "parallel": False}
+    with pytest.warns(RefinementWarning) as direct:
+        refine(scale_model, guide, Y, **short)
+    report = guide.report(Y, num_samples=100)
+    with pytest.warns(RefinementWarning) as via_report:
+        report.refine(**short)
+    for rec in (direct, via_report):
+        assert [w.filename for w in rec if w.category is RefinementWarning] == [__file__]
+
+
 def test_warning_names_rhat_and_divergences():
     summary = {
         "max_rhat": 1.07, "max_rhat_at": "theta[2]", "min_ess_bulk": 900.0,
@@ -238,8 +250,7 @@ def test_guide_report_refine_runs_refine_on_the_same_model_and_arguments():
     model arguments); report.refine(**options) runs it."""
     guide = _perturbed_guide(scale_model, Y)
     report = guide.report(Y, num_samples=100)
-    if report.refiner is None:
-        pytest.skip("FlowGuide.report does not attach a refiner yet (guides.py change pending)")
+    assert report.refiner is not None
     idata = _quiet_refine_report(report)
     direct = _quiet_refine(
         scale_model, guide, Y, num_chains=2, num_warmup=10, num_samples=10, parallel=False

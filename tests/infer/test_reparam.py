@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from pyro_nf.infer.reparam import (
+    INIT_CENTEREDNESS,
     LearnableCentering,
     auto_reparam,
     decentered_name,
@@ -162,7 +163,8 @@ def test_centeredness_is_learnable_and_receives_gradients():
     assert isinstance(rep, LearnableCentering) and rep.learnable
     (logits,) = list(rep.parameters())
     assert logits.shape == (3,) and logits.dtype == torch.float64
-    assert torch.allclose(rep.centered("theta"), torch.full((3,), 0.5, dtype=torch.float64))
+    start = torch.full((3,), INIT_CENTEREDNESS, dtype=torch.float64)
+    assert torch.allclose(rep.centered("theta"), start)
     values = {"mu": torch.tensor(0.7, dtype=torch.float64), decentered_name("theta"): Y}
     originals, log_dets = rep.to_original(values)
     (originals["theta"].sum() + log_dets["theta"].sum()).backward()
