@@ -6,10 +6,11 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
+
+from ..utils.validation import check_seed
 
 __all__ = [
     "CALTECH_SILHOUETTES_FILE",
@@ -253,10 +254,3 @@ def check_float_dtype(dtype: torch.dtype) -> None:
     """Raise :class:`ValueError` unless ``dtype`` is a floating torch dtype."""
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"dtype: expected a floating torch.dtype, got {dtype!r}")
-
-
-def check_seed(seed: Any) -> int:
-    """``seed`` as an ``int``; raise :class:`ValueError` unless it is a non-negative integer."""
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
-    return int(seed)

@@ -69,7 +69,7 @@ from ..training.distributed import shard
 from ..training.loop import EarlyStopping, History, TrainingDivergedError, train
 from ..training.runinfo import check_checkpoint_args
 from ..utils.hashing import tensor_sha256
-from ..utils.validation import check_context, check_event, check_positive_int
+from ..utils.validation import check_context, check_event, check_positive_int, check_seed
 from .data import (
     FitData,
     Shuffler,
@@ -112,7 +112,7 @@ def _check_fit_counts(
     batch_size = check_positive_int("batch_size", batch_size)
     validate_every = check_positive_int("validate_every", validate_every)
     eval_batch_size = check_positive_int("eval_batch_size", eval_batch_size)
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     check_checkpoint_args(
         train_kwargs.get("checkpoint"), train_kwargs.get("resume", True),
         train_kwargs.get("fingerprint"),
@@ -212,13 +212,6 @@ def _validation_nll(
     if data.x_val is None:
         return None
     return lambda: est.nll(data.x_val, data.c_val, batch_size=batch_size)
-
-
-def _check_seed(seed: Any) -> int:
-    """``seed`` as an int, else ``TypeError`` naming it."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed: expected an int, got {type(seed).__name__} {seed!r}")
-    return seed
 
 
 def _fit_fingerprint(

@@ -33,6 +33,7 @@ import numpy as np
 import pyro
 import torch
 
+from ..utils.validation import check_seed
 from .draws import (
     check_keywords,
     check_weight_arguments,
@@ -245,8 +246,7 @@ def _check_flags(seed: Any, **flags: Any) -> None:
     for name, value in flags.items():
         if not isinstance(value, bool):
             raise ValueError(f"{name}: expected True or False, got {value!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise ValueError(f"seed: expected None or an integer >= 0, got {seed!r}")
+    check_seed(seed, allow_none=True)
 
 
 def _weighted_posterior(

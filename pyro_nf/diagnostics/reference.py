@@ -48,7 +48,7 @@ import pyro
 import torch
 from pyro.infer import NUTS
 
-from ..utils.validation import check_positive_int
+from ..utils.validation import check_positive_int, check_seed
 from .draws import check_callable, check_model_kwargs
 from .inference_data import flat_convergence, inference_data_from_samples
 
@@ -180,7 +180,7 @@ class _NUTSSettings:
         warmup = check_positive_int("warmup", warmup, minimum=0)
         num_samples = check_positive_int("num_samples", num_samples, minimum=4)
         max_tree_depth = check_positive_int("max_tree_depth", max_tree_depth)
-        seed = check_positive_int("seed", seed, minimum=0)
+        seed = check_seed(seed)
         _check_target_accept_prob(target_accept_prob)
         return cls(num_chains, warmup, num_samples, seed, target_accept_prob, max_tree_depth, *rest)
 

@@ -56,7 +56,7 @@ from ..diagnostics.report import TrustReport, diagnose
 from ..flows.flow import Flow
 from ..flows.registry import family_names, get_family
 from ..transforms import ChainTransform
-from ..utils.validation import check_float, check_positive_int
+from ..utils.validation import check_float, check_positive_int, check_seed
 from .prototype import (
     assemble_flow,
     check_latent_sites,
@@ -577,7 +577,7 @@ class FlowGuide(AutoContinuous):
         Returns a dict mapping site names to tensors of shape ``(num_samples, *site_shape)``.
         """
         check_positive_int("num_samples", num_samples)
-        _check_seed(seed, allow_none=True)
+        check_seed(seed, allow_none=True)
         if self.prototype_trace is None:
             raise RuntimeError(
                 "FlowGuide: call the guide once (e.g. one SVI step) before asking for posterior summaries"
@@ -643,7 +643,7 @@ class FlowGuide(AutoContinuous):
         check_model_kwargs(model_kwargs)
         q = _checked_quantiles(quantiles)
         check_positive_int("num_samples", num_samples)
-        _check_seed(seed)
+        check_seed(seed)
         samples = self.sample_posterior(num_samples, seed=seed)
         return {
             name: torch.quantile(s.double(), q, dim=0).to(s.dtype) for name, s in samples.items()
@@ -663,7 +663,7 @@ class FlowGuide(AutoContinuous):
         check_keywords("FlowGuide.median", kwargs, ("num_samples", "seed", "model_kwargs"))
         check_model_kwargs(model_kwargs)
         check_positive_int("num_samples", num_samples)
-        _check_seed(seed)
+        check_seed(seed)
         return {
             k: v[0] for k, v in self.quantiles([0.5], num_samples=num_samples, seed=seed).items()
         }
@@ -686,15 +686,6 @@ def _is_subsampled(trace: pyro.poutine.Trace) -> bool:
         site["fn"].subsample_size not in (None, site["fn"].size)
         for site in _subsample_sites(trace).nodes.values()
     )
-
-
-def _check_seed(seed: Any, allow_none: bool = False) -> None:
-    """Raise unless ``seed`` is an integer (or ``None`` where allowed)."""
-    if seed is None and allow_none:
-        return
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        expected = "None or an integer" if allow_none else "an integer"
-        raise ValueError(f"seed: expected {expected}, got {seed!r}")
 
 
 def _checked_quantiles(quantiles: Any) -> torch.Tensor:

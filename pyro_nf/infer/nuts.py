@@ -63,7 +63,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from ..utils.validation import check_positive_int
+from ..utils.validation import check_positive_int, check_seed
 
 __all__ = [
     "ChainSettings",
@@ -174,7 +174,7 @@ class ChainSettings:
         checked = {
             "num_warmup": check_positive_int("num_warmup", self.num_warmup, minimum=0),
             "num_samples": check_positive_int("num_samples", self.num_samples),
-            "seed": check_positive_int("seed", self.seed, minimum=0),
+            "seed": check_seed(self.seed),
             "target_accept_prob": _check_probability(self.target_accept_prob),
             "max_tree_depth": check_positive_int("max_tree_depth", self.max_tree_depth),
         }

@@ -19,6 +19,7 @@ __all__ = [
     "check_parameter_count",
     "check_positive_int",
     "check_sample_shape",
+    "check_seed",
     "check_tensor_like",
     "check_widths",
     "mlp_parameter_count",
@@ -42,6 +43,31 @@ def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
     """
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_seed(value: Any, name: str = "seed", allow_none: bool = False) -> int | None:
+    """``value`` as an ``int`` if it is a non-negative integer (a Python or NumPy integer, not a
+    bool; ``None`` too where ``allow_none``), else ``ValueError`` naming ``name``. The one seed
+    check of pyro-nf: every seeded function (data splits, density fits, guide summaries, NUTS
+    chains) accepts the same seeds.
+
+    Example:
+        >>> check_seed(7), check_seed(None, allow_none=True)
+        (7, None)
+        >>> check_seed(-1)
+        Traceback (most recent call last):
+        ...
+        ValueError: seed: expected a non-negative integer, got -1
+    """
+    if value is None and allow_none:
+        return None
+    integer = (
+        isinstance(value, int) or type(value).__module__ == "numpy" and hasattr(value, "__index__")
+    )
+    if isinstance(value, bool) or not integer or int(value) < 0:
+        expected = "None or a non-negative integer" if allow_none else "a non-negative integer"
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")
     return int(value)
 
 

@@ -187,7 +187,7 @@ def test_bad_derived_and_models_without_latents_are_named():
         ({"num_chains": 1}, "num_chains: expected an integer >= 2"),
         ({"num_samples": 2}, "num_samples: expected an integer >= 4"),
         ({"max_tree_depth": 0}, "max_tree_depth: expected an integer >= 1"),
-        ({"seed": 1.5}, "seed: expected an integer >= 0"),
+        ({"seed": 1.5}, "seed: expected a non-negative integer"),
         ({"target_accept_prob": 1.0}, r"target_accept_prob: expected a number in \(0, 1\)"),
         ({"target_accept_prob": "0.8"}, r"target_accept_prob: expected a number in \(0, 1\)"),
         ({"model_kwargs": [1]}, "model_kwargs: expected None or a dict"),

@@ -172,7 +172,7 @@ def test_estimator_errors_speak_cli_flags(tmp_path, capsys):
     "library, cli_words",
     [
         ("n: expected an integer >= 1, got 0", "-n: expected an integer >= 1, got 0"),
-        ("seed: expected an int, got 'x'", "--seed: expected an int, got 'x'"),
+        ("seed: expected a non-negative integer, got 'x'", "--seed: expected a non-negative"),
         ("lr: expected a positive finite float, got inf", "--lr: expected a positive"),
         ("x: expected 2 columns (batch_size=8)", "data: expected 2 columns (--batch-size 8)"),
         ("path: expected a DensityEstimator file", "model: expected a DensityEstimator file"),

@@ -398,7 +398,10 @@ def test_wrong_types_for_checkpoint_arguments_are_refused_at_once(kw, match):
 
 @pytest.mark.parametrize(
     "kw, match",
-    [({"seed": "a"}, "^seed: expected an int"), ({"checkpoint": 123}, "^checkpoint: expected")],
+    [
+        ({"seed": "a"}, "^seed: expected a non-negative integer"),
+        ({"checkpoint": 123}, "^checkpoint: expected"),
+    ],
 )
 def test_wrong_types_in_density_fit_are_refused_at_once(kw, match):
     with pytest.raises((TypeError, ValueError), match=match):
