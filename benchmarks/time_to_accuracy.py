@@ -10,6 +10,9 @@ each method runs with **one thread**, chains one after another, for each seed:
   the flow's base space; called chain by chain through :func:`pyro_nf.infer.nuts.run_chain`,
   the code :func:`pyro_nf.refine` runs, to get the time of every draw); its time includes the
   fit;
+* ``FlowGuide+refine[jit]`` — the same with ``refine(..., jit_compile=True)`` (the potential
+  traced by ``torch.jit.trace`` and checked against the model; the tracing and the check are
+  timed);
 * ``Pyro NUTS`` — ``pyro.infer.NUTS(model)`` with Pyro's defaults (``init_to_uniform``,
   diagonal mass, no JIT), the time of every draw from MCMC's ``hook_fn``;
 * ``NumPyro NUTS`` — the same model written for NumPyro (JAX on the CPU, one XLA thread),
@@ -89,7 +92,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_OUT = RESULTS / "time_to_accuracy.json"
 QUICK_OUT = RESULTS / "time_to_accuracy_quick.json"
 TOL_MEAN, TOL_LOG_SD = 0.1, 0.1
-METHODS = ("FlowGuide", "FlowGuide+refine", "Pyro NUTS", "NumPyro NUTS")
+METHODS = ("FlowGuide", "FlowGuide+refine", "FlowGuide+refine[jit]", "Pyro NUTS", "NumPyro NUTS")
+REFINES = ("FlowGuide+refine", "FlowGuide+refine[jit]")
 CHECKPOINTS = 20
 
 
@@ -177,10 +181,13 @@ def run_flowguide(problem, ref, fitted, opts, seed) -> dict[str, Any]:
     }
 
 
-def run_refine(problem, ref, fitted, opts, seed) -> dict[str, Any]:
+def run_refine(problem, ref, fitted, opts, seed, jit: bool = False) -> dict[str, Any]:
     settings = ChainSettings(opts.num_warmup, opts.num_samples, seed, TARGET_ACCEPT_PROB, 10)
     target = BaseSpaceTarget(problem.model, fitted["guide"], problem.args, {})
     w0, c0 = time.perf_counter(), time.process_time()
+    why = target.compile() if jit else None
+    if why is not None:
+        print(f"  jit_compile not used: {why}", flush=True)
     chains = []
     for c in range(opts.chains):
         chains.append(run_chain(target, c, settings))
@@ -197,6 +204,7 @@ def run_refine(problem, ref, fitted, opts, seed) -> dict[str, Any]:
         "mean_tree_depth": float(np.mean([c["tree_depth"].mean() for c in chains])),
         "step_sizes": [float(c["step_size"][0]) for c in chains],
         "gradient_evaluations": int(sum(c["n_steps"].sum() for c in chains)),
+        "jit_compile": bool(target.compiled),
     }
 
 
@@ -346,12 +354,12 @@ def run_model(name: str, opts: argparse.Namespace) -> list[dict[str, Any]]:
         for method in opts.methods:
             base = {"model": name, "method": method, "seed": seed}
             try:
-                if method in ("FlowGuide", "FlowGuide+refine") and fitted is None:
+                if method in ("FlowGuide", *REFINES) and fitted is None:
                     fitted = fit_flowguide(problem, opts, seed)
                 if method == "FlowGuide":
                     row = run_flowguide(problem, ref, fitted, opts, seed)
-                elif method == "FlowGuide+refine":
-                    row = run_refine(problem, ref, fitted, opts, seed)
+                elif method in REFINES:
+                    row = run_refine(problem, ref, fitted, opts, seed, jit=method != REFINES[0])
                 elif method == "Pyro NUTS":
                     row = run_pyro_nuts(problem, ref, opts, seed)
                 else:
@@ -431,27 +439,30 @@ def verdicts(summary: Sequence[dict[str, Any]]) -> list[str]:
     out = []
     for model in dict.fromkeys(s["model"] for s in summary):
         by = {s["method"]: s for s in summary if s["model"] == model}
-        ours = by.get("FlowGuide+refine")
-        if ours is None:
-            continue
-        t = ours["cpu_to_acc_s"]
-        parts = [f"{model}: FlowGuide+refine accurate in {ours['reached']}/{ours['seeds']} seeds"]
-        parts.append("never accurate" if t is None else f"CPU to accuracy {t:.1f} s")
-        for peer, limit in (("Pyro NUTS", 1 / 3), ("NumPyro NUTS", 2.0)):
-            other = by.get(peer)
-            if other is None:
-                continue
-            theirs = other["cpu_to_acc_s"]
-            if t is None:
-                parts.append(f"vs {peer}: n/a")
-            elif theirs is None:
-                parts.append(f"vs {peer}: {peer} never accurate (target met)")
-            else:
-                ratio = t / theirs
-                mark = "met" if ratio <= limit else "NOT met"
-                parts.append(f"vs {peer}: {ratio:.2f}x (target <= {limit:.2g}x: {mark})")
-        out.append("; ".join(parts))
+        out += [_verdict(model, method, by) for method in REFINES if method in by]
     return out
+
+
+def _verdict(model: str, method: str, by: dict[str, dict[str, Any]]) -> str:
+    """One refine method's verdict on one model (see :func:`verdicts`)."""
+    ours = by[method]
+    t = ours["cpu_to_acc_s"]
+    parts = [f"{model}: {method} accurate in {ours['reached']}/{ours['seeds']} seeds"]
+    parts.append("never accurate" if t is None else f"CPU to accuracy {t:.1f} s")
+    for peer, limit in (("Pyro NUTS", 1 / 3), ("NumPyro NUTS", 2.0)):
+        other = by.get(peer)
+        if other is None:
+            continue
+        theirs = other["cpu_to_acc_s"]
+        if t is None:
+            parts.append(f"vs {peer}: n/a")
+        elif theirs is None:
+            parts.append(f"vs {peer}: {peer} never accurate (target met)")
+        else:
+            ratio = t / theirs
+            mark = "met" if ratio <= limit else "NOT met"
+            parts.append(f"vs {peer}: {ratio:.2f}x (target <= {limit:.2g}x: {mark})")
+    return "; ".join(parts)
 
 
 def merge(paths: Sequence[Path]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -337,6 +337,28 @@ class LearnableCentering(nn.Module):
         finally:
             self._override = saved
 
+    def frozen(self) -> LearnableCentering:
+        """A copy at the current centeredness, fixed (no parameters, no gradient): what a
+        sampler or a traced potential needs. It shares the model and the prototype trace.
+
+        Example:
+            >>> import pyro.distributions as dist
+            >>> def model():
+            ...     tau = pyro.sample("tau", dist.HalfNormal(1.0))
+            ...     pyro.sample("theta", dist.Normal(0.0, tau))
+            >>> rep = auto_reparam(model, init_centered=0.3)
+            >>> still = rep.frozen()
+            >>> still.learnable, list(still.parameters()), round(still.centered("theta").item(), 3)
+            (False, [], 0.3)
+        """
+        current = {s: self.centered(s).detach().clone() for s in self.sites}
+        shapes = {s: c.shape for s, c in current.items()}
+        copy = LearnableCentering(
+            self.user_model, self.sites, shapes, self.prototype, 0.0, learnable=False
+        )
+        copy.set_centered(current)
+        return copy
+
     def recenter(
         self,
         values: dict[str, torch.Tensor],
