@@ -113,6 +113,56 @@ def test_inference_data_groups_dims_stats_and_attrs():
     np.testing.assert_allclose(idata.log_likelihood["y"].values[0, 3], expected, rtol=1e-5)
 
 
+def test_a_traced_potential_is_the_models_value_and_gradient():
+    y = Y.double()
+    guide = _perturbed_guide(scale_model, y, dtype=torch.float64)
+    target = BaseSpaceTarget(scale_model, guide, (y,), {})
+    assert target.compile() is None and target.compiled
+    eager = BaseSpaceTarget(scale_model, guide, (y,), {})
+    gen = torch.Generator().manual_seed(5)
+    for scale in (0.5, 1.0, 3.0):  # away from the test points the trace was checked at
+        eps = scale * torch.randn(4, generator=gen, dtype=torch.float64)
+        (u0, g0), (u1, g1) = eager.potential_and_grad(eps), target.potential_and_grad(eps)
+        assert u1 == pytest.approx(u0, rel=1e-12, abs=1e-10)
+        torch.testing.assert_close(g1, g0, rtol=1e-10, atol=1e-10)
+    # the guide's own parameters are untouched, and still learn
+    assert all(p.requires_grad for p in guide.parameters())
+
+
+def test_refine_with_jit_compile_matches_the_exact_posterior():
+    pyro.set_rng_seed(0)
+    guide = pyro_nf.FlowGuide(gaussian_model, "iaf")
+    pyro_nf.fit(gaussian_model, guide, steps=300, progress=False, early_stopping=None)
+    idata = _quiet_refine(
+        gaussian_model, guide, num_chains=2, num_warmup=200, num_samples=400, seed=1,
+        parallel=False, jit_compile=True,
+    )  # fmt: skip
+    assert idata.posterior.attrs["jit_compile"] == 1
+    z = torch.from_numpy(idata.posterior["z"].values.reshape(-1, 3)).double()
+    mean, cov = exact_gaussian_posterior()
+    sd = cov.diagonal().sqrt().double()
+    ess = float(idata.posterior.attrs["min_ess_bulk"])
+    assert float(((z.mean(0) - mean.double()) / sd).abs().max()) < 4 / math.sqrt(ess)
+    assert float((z.std(0) / sd).log().abs().max()) < 4 / math.sqrt(2 * ess)
+
+
+def test_jit_compile_falls_back_where_the_model_branches_on_its_values():
+    def branchy():
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        scale = 1.0 if z > 0 else 3.0  # traced along one branch only
+        pyro.sample("x", dist.Normal(z, scale), obs=torch.tensor(0.5))
+
+    pyro.set_rng_seed(0)
+    guide = pyro_nf.FlowGuide(branchy, "iaf", init="loc")
+    guide()
+    short = {"num_chains": 1, "num_warmup": 20, "num_samples": 20, "parallel": False}
+    with pytest.warns(RefinementWarning, match="jit_compile: the traced potential disagrees"):
+        idata = refine(branchy, guide, jit_compile=True, **short)
+    assert idata.posterior.attrs["jit_compile"] == 0
+    with pytest.raises(ValueError, match="^jit_compile: expected True or False, got 'yes'"):
+        refine(branchy, guide, jit_compile="yes", **short)
+
+
 def test_too_short_a_run_warns_naming_the_numbers():
     guide = _perturbed_guide(scale_model, Y)
     with pytest.warns(RefinementWarning, match=r"bulk ESS \d+ < 200 \(100 per chain\) at ") as rec:
