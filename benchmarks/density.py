@@ -272,7 +272,12 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any] | None:
     rows = {}
     for contender in args.contenders:
         torch.manual_seed(args.seed)
-        model = make_contender(contender, dim, args.depth, args.bins)
+        try:
+            model = make_contender(contender, dim, args.depth, args.bins)
+        except ValueError as err:  # e.g. Pyro's AutoRegressiveNN needs hidden >= D
+            rows[contender] = {"not_run": f"{type(err).__name__}: {err}"}
+            print(f"  {name} D={dim} {contender}: not run ({err})", file=sys.stderr, flush=True)
+            continue
         info = fit(model, train, val, args)
         lp = mean_log_prob(model, test).double() + jacobian
         finite = torch.isfinite(lp)
@@ -302,7 +307,7 @@ def verdicts(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         for fam in ("pyro-nf spline_autoregressive", "pyro-nf spline_coupling"):
             ours = r["rows"].get(fam)
-            if ours is None:
+            if ours is None or "not_run" in ours or "not_run" in zuko_nsf:
                 continue
             gap = ours["test_ll"] - zuko_nsf["test_ll"]
             se = math.hypot(ours["test_se"], zuko_nsf["test_se"])
@@ -317,6 +322,11 @@ def table(results: Sequence[dict[str, Any]]) -> str:
     rows = []
     for r in results:
         for name, info in r["rows"].items():
+            if "not_run" in info:
+                rows.append(
+                    [r["dataset"], r["dim"], name, "", f"not run: {info['not_run']}", "", ""]
+                )
+                continue
             ll = f"{info['test_ll']:.3f} ± {info['test_se']:.3f}"
             if info["diverged"]:
                 ll += " (diverged)"
