@@ -469,9 +469,13 @@ def merge(paths: Sequence[Path]) -> tuple[list[dict[str, Any]], list[dict[str, A
     """The runs of several result files (a later run replaces one of the same model, method and
     seed) and each file's settings."""
     payloads = load_results(paths)
-    settings = [
-        {"file": str(p), **d.get("settings", {})} for p, d in zip(paths, payloads, strict=True)
-    ]
+    settings = []
+    for path, payload in zip(paths, payloads, strict=True):
+        own = payload.get("settings", {})
+        if isinstance(own, list):  # a merged file: its parts' settings, as they were
+            settings += own
+        else:
+            settings.append({"file": str(path), **own})
     return merged_rows(payloads, "runs", ("model", "method", "seed")), settings
 
 
