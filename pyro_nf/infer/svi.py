@@ -41,6 +41,7 @@ from ..training.integrity import (
 from ..training.loop import EarlyStopping, History, train
 from ..utils.hashing import data_sha256, tensor_sha256
 from ..utils.validation import check_float, check_positive_int
+from ..utils.warn import warn_at_caller
 
 __all__ = [
     "ConvergenceWarning",
@@ -221,12 +222,11 @@ def default_num_particles(guide: Any) -> int:
 def _warn_unvectorized(num_particles: int, err: BaseException) -> None:
     """Warn that the default particles run one after another: the model failed vectorized."""
     reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-    warnings.warn(
+    warn_at_caller(
         f"fit: the model could not run {num_particles} particles vectorized ({reason}); "
         "drawing them one after another instead (slower). Pass num_particles=1 for one "
         "draw per step, or vectorize_particles=False to silence this.",
         RuntimeWarning,
-        stacklevel=3,
     )
 
 
@@ -308,18 +308,10 @@ def fit(
     _check_fit_arguments(model, guide, steps, lr, early_stopping, vectorize_particles)
     _check_nesting(max_plate_nesting)
     kwargs = check_model_kwargs(model_kwargs)
-    defaulted = num_particles is None
-    if defaulted:
-        num_particles = default_num_particles(guide) if elbo == "trace" else 1
-    loss = make_elbo(elbo, num_particles, vectorize_particles, alpha, max_plate_nesting)
-    try:
-        params = _trainable_parameters(loss, model, guide, args, kwargs)
-    except (RuntimeError, ValueError, IndexError, NotImplementedError) as err:
-        if not (defaulted and num_particles > 1 and vectorize_particles):
-            raise
-        _warn_unvectorized(num_particles, err)
-        loss = make_elbo(elbo, num_particles, False, alpha, max_plate_nesting)
-        params = _trainable_parameters(loss, model, guide, args, kwargs)
+    loss, params = _loss_and_parameters(
+        model, guide, args, kwargs, (elbo, num_particles, vectorize_particles, alpha),
+        max_plate_nesting,
+    )  # fmt: skip
     _sync_guide_buffers(guide, train_kwargs.get("checkpoint"), train_kwargs.get("resume", True))
 
     loss_fn = _rejections_as_nan(lambda: loss.differentiable_loss(model, guide, *args, **kwargs))
@@ -332,6 +324,32 @@ def fit(
         _warn_not_converged(steps)
     _attach_history(guide, history)
     return history
+
+
+def _loss_and_parameters(
+    model: Callable,
+    guide: Callable,
+    args: tuple,
+    kwargs: dict,
+    loss_settings: tuple,
+    max_plate_nesting: int | None,
+) -> tuple[ELBO | RenyiBound, dict[str, torch.Tensor]]:
+    """:func:`fit`'s loss (``loss_settings = (elbo, num_particles, vectorize_particles,
+    alpha)``, ``num_particles=None`` resolved by :func:`default_num_particles`) and the tensors
+    it depends on. Default particles the model cannot run vectorized are drawn one by one."""
+    elbo, num_particles, vectorize, alpha = loss_settings
+    defaulted = num_particles is None
+    if defaulted:
+        num_particles = default_num_particles(guide) if elbo == "trace" else 1
+    loss = make_elbo(elbo, num_particles, vectorize, alpha, max_plate_nesting)
+    try:
+        return loss, _trainable_parameters(loss, model, guide, args, kwargs)
+    except (RuntimeError, ValueError, IndexError, NotImplementedError) as err:
+        if not (defaulted and num_particles > 1 and vectorize):
+            raise
+        _warn_unvectorized(num_particles, err)
+    loss = make_elbo(elbo, num_particles, False, alpha, max_plate_nesting)
+    return loss, _trainable_parameters(loss, model, guide, args, kwargs)
 
 
 def _check_fit_arguments(

@@ -217,8 +217,9 @@ def test_fit_draws_default_particles_one_by_one_where_the_model_cannot_vectorize
         pyro.sample("x", dist.Normal(loc, 1.0), obs=torch.tensor(0.5))
 
     guide = pyro_nf.FlowGuide(branchy, "planar", 1)
-    with pytest.warns(RuntimeWarning, match="could not run 4 particles vectorized"):
+    with pytest.warns(RuntimeWarning, match="could not run 4 particles vectorized") as rec:
         history = pyro_nf.fit(branchy, guide, steps=5, progress=False, early_stopping=None)
+    assert {w.filename for w in rec if "vectorized" in str(w.message)} == {__file__}
     assert len(history.losses) == 5 and all(map(math.isfinite, history.losses))
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # asked for one draw: no warning
