@@ -50,6 +50,6 @@ def test_verdicts_and_table_with_a_contender_not_run(density):
 
 
 def test_pyro_autoregressive_spline_is_not_run_where_hidden_is_below_dim(density):
-    with pytest.raises(ValueError, match="Hidden dimension"):
-        density.make_contender("Pyro spline_autoregressive", 300, 1, 4)
+    with pytest.raises(ValueError, match="Hidden dimension"):  # Pyro's own check (no zuko)
+        density.pyro_spline_autoregressive(300, 1, 256, 4)
     assert density.hidden_width(560) < 560  # so Frey faces (D = 560) records it as not run
