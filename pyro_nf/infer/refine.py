@@ -160,8 +160,11 @@ class BaseSpaceTarget:
         self.like = guide.get_base_dist().mean
         #: what :meth:`potential_and_grad` evaluates: :meth:`log_density`, or its trace
         self.density_fn: Callable[[torch.Tensor], torch.Tensor] = self.log_density
-        #: whether :meth:`compile` replaced it by a trace
-        self.compiled = False
+
+    @property
+    def compiled(self) -> bool:
+        """Whether :meth:`compile` replaced :meth:`log_density` by its trace."""
+        return self.density_fn != self.log_density
 
     @property
     def dtype(self) -> torch.dtype:
@@ -247,17 +250,17 @@ class BaseSpaceTarget:
                 with pyro.validation_enabled(False):
                     traced = torch.jit.trace(self.log_density, (points[0],), check_trace=False)
             eager = [self.potential_and_grad(x) for x in points]
-            self.density_fn, self.compiled = traced, True
-            compiled = [self.potential_and_grad(x) for x in points]
+            self.density_fn = traced
+            replayed = [self.potential_and_grad(x) for x in points]
         except Exception as err:  # noqa: BLE001 - any failure to trace means: run eagerly
-            self.density_fn, self.compiled = self.log_density, False
+            self.density_fn = self.log_density
             return f"the model could not be traced ({type(err).__name__}: {str(err)[:120]})"
         tol = 1e-4 if self.like.dtype == torch.float32 else 1e-8
-        for (u0, g0), (u1, g1) in zip(eager, compiled, strict=True):
+        for (u0, g0), (u1, g1) in zip(eager, replayed, strict=True):
             if not (math.isclose(u0, u1, rel_tol=tol, abs_tol=tol) and torch.allclose(
                 g0, g1, rtol=tol * 10, atol=tol * 10
             )):  # fmt: skip
-                self.density_fn, self.compiled = self.log_density, False
+                self.density_fn = self.log_density
                 return (
                     "the traced potential disagrees with the model at a test point "
                     f"({u1!r} vs {u0!r}; control flow that depends on the values?)"

@@ -480,11 +480,10 @@ def _rejections_as_nan(elbo_loss: Callable[[], torch.Tensor]) -> Callable[[int],
             text = str(err)
             if not succeeded or not any(m in text for m in _REJECTION_MESSAGES):
                 raise
-            warnings.warn(
+            warn_at_caller(  # at the fit(...) line, not inside the training loop
                 f"fit: step {step}: the model rejected a draw of the guide "
                 f"({text.splitlines()[0][:160]}); counted as a non-finite loss",
                 RuntimeWarning,
-                stacklevel=2,
             )
             return torch.tensor(math.nan, requires_grad=True)
         succeeded = True

@@ -8,6 +8,7 @@ given* instead of a stack trace from deep inside torch or a silent NaN loss.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -62,10 +63,8 @@ def check_seed(value: Any, name: str = "seed", allow_none: bool = False) -> int 
     """
     if value is None and allow_none:
         return None
-    integer = (
-        isinstance(value, int) or type(value).__module__ == "numpy" and hasattr(value, "__index__")
-    )
-    if isinstance(value, bool) or not integer or int(value) < 0:
+    # numbers.Integral: Python and NumPy integers (bools are excluded by name)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 0:
         expected = "None or a non-negative integer" if allow_none else "a non-negative integer"
         raise ValueError(f"{name}: expected {expected}, got {value!r}")
     return int(value)

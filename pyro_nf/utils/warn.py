@@ -9,6 +9,7 @@ frame outside the ``pyro_nf`` package (Python 3.12's ``skip_file_prefixes``, on 
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -21,7 +22,7 @@ PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
 
 def _internal(filename: str) -> bool:
     try:
-        return str(Path(filename).resolve()).startswith(PACKAGE_DIR)
+        return str(Path(filename).resolve()).startswith(PACKAGE_DIR + os.sep)
     except (OSError, ValueError):  # pragma: no cover - a pseudo-file such as "<stdin>"
         return False
 

@@ -196,9 +196,12 @@ def test_a_draw_the_model_rejects_mid_run_counts_as_a_nan_step():
         pyro.sample("s", dist.Delta(value))
 
     pyro.clear_param_store()
-    with pytest.warns(RuntimeWarning, match=r"step \d: the model rejected a draw of the guide"):
+    with pytest.warns(
+        RuntimeWarning, match=r"step \d: the model rejected a draw of the guide"
+    ) as rec:
         history = pyro_nf.fit(model, guide, steps=6, progress=False, early_stopping=None)
     assert history.num_nan_restores == 1 and history.num_steps == 6
+    assert {w.filename for w in rec if "rejected a draw" in str(w.message)} == {__file__}
 
     def broken_guide():
         pyro.sample("s", dist.Delta(torch.zeros(())))
