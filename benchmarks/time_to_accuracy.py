@@ -444,13 +444,11 @@ def run_model(name: str, opts: argparse.Namespace) -> list[dict[str, Any]]:
             except NotApplicable:
                 continue
             except OverBudget as err:
-                rows.append({"model": name, "method": method, "seed": seed,
-                             "time_to_acc_s": None, "over_budget": str(err)})  # fmt: skip
-                print(_one_line(rows[-1]), flush=True)
-                continue
+                run = None
+                over = {"time_to_acc_s": None, "cpu_to_acc_s": None, "over_budget": str(err)}
             for label, r, transform in scorings(name, ref):
-                rows.append({"model": label, "method": method, "seed": seed,
-                             **score(run, r, transform)})  # fmt: skip
+                row = over if run is None else score(run, r, transform)
+                rows.append({"model": label, "method": method, "seed": seed, **row})
                 print(_one_line(rows[-1]), flush=True)
     return rows
 

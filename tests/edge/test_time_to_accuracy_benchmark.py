@@ -109,3 +109,14 @@ def test_verdicts_read_each_scoring_on_its_own(tta):
     assert verdicts[0].startswith("funnel: FlowGuide+refine accurate in 0/1")
     assert "vs Pyro NUTS: Pyro NUTS never accurate (target met)" in verdicts[1]
     assert "vs NumPyro NUTS: 3.00x (target <= 2x: NOT met)" in verdicts[1]
+
+
+def test_a_run_over_budget_is_never_accurate_in_every_scoring(tta, monkeypatch):
+    def over_budget(problem, method, fitted, opts, seed):
+        raise tta.OverBudget("chain 0, Warmup iteration 7")
+
+    monkeypatch.setattr(tta, "run_method", over_budget)
+    opts = argparse.Namespace(seeds=[0], methods=["Pyro NUTS"])
+    rows = tta.run_model("funnel", opts)
+    assert [r["model"] for r in rows] == ["funnel", tta.FUNNEL_WHITENED]
+    assert all(r["time_to_acc_s"] is None and "Warmup" in r["over_budget"] for r in rows)
