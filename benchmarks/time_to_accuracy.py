@@ -498,7 +498,18 @@ def summary_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "max_rhat": _median([r.get("max_rhat") for r in rs]),
             "divergences": _median([r.get("divergences") for r in rs]),
         })  # fmt: skip
-    return out
+    return sorted(out, key=_table_order)
+
+
+def _table_order(row: dict[str, Any]) -> tuple[int, int]:
+    """Problems in :data:`hard_models.MODELS` order (a second scoring after its problem), then
+    methods in :data:`METHODS` order; anything else last."""
+    models = [label for name in hm.MODELS for label, *_ in scorings(name, None)]
+    model, method = row["model"], row["method"]
+    return (
+        models.index(model) if model in models else len(models),
+        METHODS.index(method) if method in METHODS else len(METHODS),
+    )
 
 
 def table(summary: Sequence[dict[str, Any]]) -> str:
