@@ -39,7 +39,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
 from functools import partial
-from typing import Any
+from typing import Any, get_args
 
 import pyro
 import pyro.distributions as dist
@@ -54,6 +54,7 @@ from torch import nn
 from ..diagnostics.draws import check_callable, check_keywords, check_model_kwargs
 from ..diagnostics.report import TrustReport, diagnose
 from ..flows.flow import Flow
+from ..flows.layers import MapInit
 from ..flows.registry import family_names, get_family
 from ..transforms import ChainTransform
 from ..utils.validation import check_float, check_positive_int, check_seed
@@ -132,6 +133,26 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if not isinstance(value, str) or value not in choices:
         expected = ", ".join(repr(c) for c in choices[:-1]) + f" or {choices[-1]!r}"
         raise ValueError(f"{name}: expected {expected}, got {value!r}")
+
+
+#: How a FlowGuide finds the Gaussian its flow starts from (its ``init`` argument).
+GUIDE_INITS = ("auto", "laplace", "map", "loc")
+
+
+def _check_guide_init(init: Any, flow: Any) -> None:
+    """Raise unless ``init`` is one of the guide's starts; a planar/radial map start (the
+    builders' own ``init``) gets a hint saying how to pass it."""
+    try:
+        _check_choice("init", init, GUIDE_INITS)
+    except ValueError as err:
+        if isinstance(init, str) and init in get_args(MapInit):
+            family = flow if flow in ("planar", "radial") else "planar"
+            raise ValueError(
+                f"{err}; {init!r} starts the maps of a planar or radial flow, not the guide: "
+                f"pass it to the builder, e.g. FlowGuide(model, flow=lambda dim: "
+                f"pyro_nf.{family}(dim, depth=8, init={init!r}))"
+            ) from None
+        raise
 
 
 def _builder_keywords(builder: Callable) -> tuple[list[str], bool]:
@@ -309,7 +330,7 @@ class FlowGuide(AutoContinuous):
     ) -> None:
         check_callable("model", model, "a callable Pyro model")
         _check_flow_arguments(flow, depth, flow_kwargs)
-        _check_choice("init", init, ("auto", "laplace", "map", "loc"))
+        _check_guide_init(init, flow)
         _check_choice("affine", affine, ("auto", "full", "diagonal"))
         check_callable("init_loc_fn", init_loc_fn, "a callable site -> value (e.g. init_to_median)")
         check_float("init_scale", init_scale, "a positive finite number", lambda v: v > 0)

@@ -235,6 +235,18 @@ def test_positive_integer_arguments(value, which):
             expect_error("num_samples", fn, model, guide, X, num_samples=value)
 
 
+def test_a_flow_map_start_given_as_the_guides_init_says_where_it_goes():
+    with pytest.raises(
+        ValueError, match=r"init: .*got 'random'.*pyro_nf\.radial\(dim, .*init='random'"
+    ):
+        pyro_nf.FlowGuide(model, flow="radial", init="random")
+    with pytest.raises(ValueError, match=r"init: .*got 'pyro'.*pyro_nf\.planar\("):
+        pyro_nf.FlowGuide(model, init="pyro")  # the default IAF has no such start: planar's
+    # the form the hint gives works
+    guide = pyro_nf.FlowGuide(model, flow=lambda dim: pyro_nf.radial(dim, depth=2, init="random"))
+    assert set(guide(X)) == {"mu", "tau"}
+
+
 @settings(max_examples=25, deadline=None)
 @given(value=BAD.filter(lambda v: not isinstance(v, str) or v not in ("iaf", "planar")))
 def test_guide_choice_arguments(value):
