@@ -163,3 +163,21 @@ def exact_gaussian_posterior():
     cov = torch.linalg.inv(precision)
     mean = cov @ A.T @ Y / NOISE**2
     return mean, cov
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def benchmark_modules(*names: str):
+    """Import ``benchmarks/<name>.py`` for each name (the scripts import their neighbours, so
+    ``benchmarks/`` is on ``sys.path`` meanwhile) and yield the modules: the body of a module
+    fixture, ``yield from benchmark_modules("density")``."""
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        modules = tuple(importlib.import_module(name) for name in names)
+        yield modules[0] if len(modules) == 1 else modules
+    finally:
+        sys.path.remove(str(BENCHMARKS))

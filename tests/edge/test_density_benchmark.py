@@ -4,23 +4,13 @@ hidden widths of at least the data dimension) recorded as not run instead of end
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+from conftest import benchmark_modules
 
 
 @pytest.fixture(scope="module")
 def density():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import density
-
-        yield density
-    finally:
-        sys.path.remove(str(BENCH))
+    yield from benchmark_modules("density")
 
 
 def _row(ll, se, steps=500):

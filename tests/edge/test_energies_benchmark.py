@@ -4,23 +4,14 @@ run used, and the rank test that says whether pyro-nf is behind Pyro beyond seed
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+from conftest import benchmark_modules
 
 
 @pytest.fixture(scope="module")
 def energies():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import energies
-
-        yield energies
-    finally:
-        sys.path.remove(str(BENCH))
+    yield from benchmark_modules("energies")
 
 
 def run(library, family, seed, kl, **extra):

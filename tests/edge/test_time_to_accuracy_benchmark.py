@@ -5,24 +5,15 @@ and the exact-draws floor that shows why the first scoring cannot be met on the 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+from conftest import benchmark_modules
 
 
 @pytest.fixture(scope="module")
 def tta():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import time_to_accuracy
-
-        yield time_to_accuracy
-    finally:
-        sys.path.remove(str(BENCH))
+    yield from benchmark_modules("time_to_accuracy")
 
 
 def _opts(chains=4, samples=500):

@@ -14,6 +14,7 @@ from pathlib import Path
 import pyro
 import pytest
 import torch
+from conftest import benchmark_modules
 from pyro.infer.autoguide import AutoNormal
 
 import pyro_nf
@@ -24,14 +25,7 @@ BENCH = ROOT / "benchmarks"
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import hard_models
-        import hard_posteriors
-
-        yield hard_models, hard_posteriors
-    finally:
-        sys.path.remove(str(BENCH))
+    yield from benchmark_modules("hard_models", "hard_posteriors")
 
 
 def test_quick_mode_writes_json(tmp_path):
