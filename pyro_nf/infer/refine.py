@@ -28,6 +28,11 @@ where the chains start and what the flow was trained against; Pyro's
   :class:`BaseSpaceTarget` as a potential and its gradient), one chain per process (``fork``) where the machine has more than one core, else one
   chain after another; every chain has its own seeded generator, so the draws are the same
   either way.
+* Divergences mean the flow did not straighten some region (a funnel's neck beyond where the
+  flow was fitted). With the default ``target_accept_prob`` the target is 0.9; if those chains
+  diverge, fresh chains run once at 0.95 (smaller steps) and are returned instead, whatever
+  they show (:func:`sample_chains`): the second run is chosen before it is seen, so its draws
+  are not selected for looking good.
 * All draws are pushed through :math:`F` at once and unpacked into the sites (plates included)
   by reshapes and each support's bijection: no per-draw Python loop.
 * The result is an ArviZ ``InferenceData`` (posterior with plate dimensions, ``sample_stats``,
@@ -55,6 +60,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -73,6 +79,7 @@ from .nuts import MAX_INIT_TRIES, STAT_NAMES, ChainSettings, InitializationError
 
 __all__ = [
     "BaseSpaceTarget",
+    "ESCALATED_ACCEPT_PROB",
     "JIT_CHECK_POINTS",
     "MAX_RHAT",
     "MIN_ESS_PER_CHAIN",
@@ -84,6 +91,7 @@ __all__ = [
     "convergence_summary",
     "flat_labels",
     "refine",
+    "sample_chains",
     "warn_if_unconverged",
 ]
 
@@ -105,6 +113,10 @@ JIT_CHECK_POINTS = 4
 #: hierarchical posteriors, whose residual funnel in the flow's base space otherwise leaves
 #: divergences (measured in ``benchmarks/time_to_accuracy.py``).
 TARGET_ACCEPT_PROB = 0.9
+
+#: Where chains run at the default target diverge, :func:`refine` runs fresh chains once at this
+#: target and returns those (see :func:`sample_chains`).
+ESCALATED_ACCEPT_PROB = 0.95
 
 
 class RefinementWarning(UserWarning):
@@ -313,17 +325,23 @@ def can_fork(target: BaseSpaceTarget) -> bool:
 
 
 def _run_chains(
-    target: BaseSpaceTarget, settings: ChainSettings, num_chains: int, processes: int
+    target: BaseSpaceTarget,
+    settings: ChainSettings,
+    num_chains: int,
+    processes: int,
+    first_chain: int = 0,
 ) -> list[dict[str, Any]]:
-    """Every chain's result, in chain order: ``processes`` forked workers, or in this process
-    one after another when ``processes`` is 1."""
+    """Every chain's result, in chain order (chains ``first_chain, first_chain + 1, ...``, each
+    with its own random stream): ``processes`` forked workers, or in this process one after
+    another when ``processes`` is 1."""
     global _CHILD_JOB
+    chain_ids = range(first_chain, first_chain + num_chains)
     try:
         if processes <= 1:
-            return [run_chain(target, c, settings) for c in range(num_chains)]
+            return [run_chain(target, c, settings) for c in chain_ids]
         _CHILD_JOB = (target, settings)
         with multiprocessing.get_context("fork").Pool(processes) as pool:
-            return pool.map(_chain_in_child, range(num_chains), chunksize=1)
+            return pool.map(_chain_in_child, chain_ids, chunksize=1)
     except InitializationError:
         raise ValueError(
             f"model: the log density is not finite at any of {MAX_INIT_TRIES} draws of the "
@@ -363,6 +381,36 @@ def _processes(parallel: Any, num_chains: int, target: BaseSpaceTarget) -> int:
     if parallel is None and cores < 2:
         return 1
     return max(2, min(num_chains, cores))
+
+
+def sample_chains(
+    target: BaseSpaceTarget,
+    settings: ChainSettings,
+    num_chains: int,
+    processes: int = 1,
+    escalate: bool = False,
+) -> tuple[list[dict[str, Any]], ChainSettings, dict[str, Any]]:
+    """Run ``num_chains`` chains; with ``escalate``, where any of them diverged after warm-up,
+    run ``num_chains`` fresh chains (their own random streams) once more at
+    :data:`ESCALATED_ACCEPT_PROB` and return those, whatever they show. The second run does
+    not depend on the first except through the decision to run it, so its draws are as valid
+    as the first's; and there is no third run, so no run is picked for looking good.
+
+    Returns ``(chains, the settings they ran with, first)``: ``first`` is empty, or describes
+    the discarded run (``first_run_divergences``, ``first_run_target_accept_prob``,
+    ``first_run_chain_elapsed_s``).
+    """
+    chains = _run_chains(target, settings, num_chains, processes)
+    diverged = int(sum(c["diverging"].sum() for c in chains))
+    if not escalate or diverged == 0 or settings.target_accept_prob >= ESCALATED_ACCEPT_PROB:
+        return chains, settings, {}
+    raised = replace(settings, target_accept_prob=ESCALATED_ACCEPT_PROB)
+    first = {
+        "first_run_divergences": diverged,
+        "first_run_target_accept_prob": settings.target_accept_prob,
+        "first_run_chain_elapsed_s": [round(float(c["elapsed_s"]), 3) for c in chains],
+    }
+    return _run_chains(target, raised, num_chains, processes, num_chains), raised, first
 
 
 def _checked_settings(
@@ -453,7 +501,7 @@ def refine(
     num_warmup: int = 500,
     num_samples: int = 500,
     seed: int = 0,
-    target_accept_prob: float = TARGET_ACCEPT_PROB,
+    target_accept_prob: float | None = None,
     max_tree_depth: int = 10,
     parallel: bool | None = None,
     log_likelihood: bool = True,
@@ -472,6 +520,10 @@ def refine(
         seed: chain ``c`` has its own generator seeded by ``(seed, c)``; the global random
             state is neither used nor changed.
         target_accept_prob, max_tree_depth: NUTS's adaptation target and largest tree depth.
+            ``None`` (default): :data:`TARGET_ACCEPT_PROB`, and where those chains diverge,
+            fresh chains once at :data:`ESCALATED_ACCEPT_PROB`, which are returned (the
+            first run is described in ``attrs``: ``first_run_divergences``, ...). A number:
+            that target, no second run.
         parallel: ``None``: chains in forked processes (Linux, CPU) when the machine has more
             than one core, else one after another; ``True``/``False`` force either. The
             draws are the same either way.
@@ -507,17 +559,19 @@ def refine(
         ((2, 30), ('chain', 'draw', 'obs'))
     """
     check_keywords("refine", unknown, REFINE_KEYWORDS)
+    accept = TARGET_ACCEPT_PROB if target_accept_prob is None else target_accept_prob
     target, kwargs, num_chains, settings, processes = _prepared(
         model, guide, args, model_kwargs,
-        (num_chains, num_warmup, num_samples, seed, target_accept_prob, max_tree_depth),
+        (num_chains, num_warmup, num_samples, seed, accept, max_tree_depth),
         parallel, log_likelihood, jit_compile,
     )  # fmt: skip
     t0 = time.perf_counter()
-    chains = _run_chains(target, settings, num_chains, processes)
+    escalate = target_accept_prob is None
+    chains, settings, first = sample_chains(target, settings, num_chains, processes, escalate)
     elapsed = time.perf_counter() - t0
     samples, stats = _stack_chains(target, chains)
     summary = convergence_summary(samples, chains)
-    attrs = _attrs(settings, num_chains, processes, summary, chains, elapsed)
+    attrs = _attrs(settings, num_chains, processes, summary, chains, elapsed) | first
     attrs["jit_compile"] = int(target.compiled)
     warn_if_unconverged(summary, num_chains, settings.num_samples)
     return inference_data_from_samples(

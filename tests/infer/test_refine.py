@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pyro
@@ -15,10 +16,13 @@ from pyro.infer.mcmc.util import initialize_model
 from pyro.infer.reparam import NeuTraReparam
 
 import pyro_nf
+from pyro_nf.infer.nuts import ChainSettings, DensityTarget, run_chain
 from pyro_nf.infer.refine import (
+    ESCALATED_ACCEPT_PROB,
     BaseSpaceTarget,
     RefinementWarning,
     refine,
+    sample_chains,
     warn_if_unconverged,
 )
 
@@ -312,3 +316,51 @@ def _quiet_refine_report(report):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RefinementWarning)
         return report.refine(num_chains=2, num_warmup=10, num_samples=10, parallel=False)
+
+
+def _funnel_log_density(z):
+    """Neal's funnel, v ~ N(0, 3^2), x | v ~ N(0, e^v I): NUTS diverges in its neck."""
+    v, x = z[0], z[1:]
+    return -(v**2) / 18.0 - 0.5 * x.numel() * v - 0.5 * (x**2).sum() * torch.exp(-v)
+
+
+def test_diverging_chains_are_run_once_more_at_a_higher_target():
+    funnel = DensityTarget(_funnel_log_density, dim=4, dtype=torch.float64)
+    settings = ChainSettings(40, 40, seed=0, target_accept_prob=0.9, max_tree_depth=6)
+    chains, used, first = sample_chains(funnel, settings, 2, escalate=True)
+    first_run = [run_chain(funnel, c, settings) for c in (0, 1)]
+    diverged = int(sum(c["diverging"].sum() for c in first_run))
+    assert diverged > 0 and first["first_run_divergences"] == diverged
+    assert first["first_run_target_accept_prob"] == 0.9
+    assert used.target_accept_prob == ESCALATED_ACCEPT_PROB
+    # the second run is fresh chains (their own streams: chains 2 and 3), whatever they show
+    for got, c in zip(chains, (2, 3), strict=True):
+        np.testing.assert_array_equal(got["draws"], run_chain(funnel, c, used)["draws"])
+    # without escalation, with no divergence, or at a target already as high: the first run
+    plain, same, none = sample_chains(funnel, settings, 2, escalate=False)
+    np.testing.assert_array_equal(plain[1]["draws"], first_run[1]["draws"])
+    assert (same, none) == (settings, {})
+    normal = DensityTarget(lambda z: -0.5 * (z * z).sum(), dim=4, dtype=torch.float64)
+    assert sample_chains(normal, settings, 2, escalate=True)[1:] == (settings, {})
+    high = replace(settings, target_accept_prob=ESCALATED_ACCEPT_PROB)
+    assert sample_chains(funnel, high, 1, escalate=True)[1:] == (high, {})
+
+
+def funnel_model():
+    v = pyro.sample("v", dist.Normal(0.0, 3.0))
+    pyro.sample("x", dist.Normal(0.0, torch.exp(v / 2)).expand([3]).to_event(1))
+
+
+def test_refine_reruns_diverging_chains_only_at_its_default_target():
+    pyro.set_rng_seed(0)
+    guide = pyro_nf.FlowGuide(funnel_model, "iaf", init="loc", reparam=False)
+    guide()  # not fitted: the base space is the funnel itself
+    kw = {"num_chains": 2, "num_warmup": 60, "num_samples": 60, "max_tree_depth": 6}
+    kw["parallel"] = False
+    idata = _quiet_refine(funnel_model, guide, **kw)
+    attrs = idata.posterior.attrs
+    assert attrs["target_accept_prob"] == ESCALATED_ACCEPT_PROB
+    assert attrs["first_run_divergences"] > 0 and attrs["first_run_target_accept_prob"] == 0.9
+    explicit = _quiet_refine(funnel_model, guide, target_accept_prob=0.9, **kw).posterior.attrs
+    assert explicit["target_accept_prob"] == 0.9 and "first_run_divergences" not in explicit
+    assert explicit["divergences"] > 0
