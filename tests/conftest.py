@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -168,10 +169,11 @@ def exact_gaussian_posterior():
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def benchmark_modules(*names: str):
+def benchmark_modules(*names: str) -> Iterator[Any]:
     """Import ``benchmarks/<name>.py`` for each name (the scripts import their neighbours, so
     ``benchmarks/`` is on ``sys.path`` meanwhile) and yield the modules: the body of a module
-    fixture, ``yield from benchmark_modules("density")``."""
+    fixture, ``yield from benchmark_modules("density")``. Importing ``time_to_accuracy`` sets
+    ``XLA_FLAGS`` (one XLA thread) for the process, as the script does."""
     import importlib
     import sys
 

@@ -72,6 +72,7 @@ from .reparam import LearnableCentering, auto_reparam, decentered_name
 __all__ = [
     "AmortizedFlowGuide",
     "FlowGuide",
+    "GUIDE_INITS",
 ]
 
 #: Up to this many latent dimensions, ``affine="auto"`` uses a full lower-triangular affine map.
@@ -139,7 +140,7 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
 GUIDE_INITS = ("auto", "laplace", "map", "loc")
 
 
-def _check_guide_init(init: Any, flow: Any) -> None:
+def _check_guide_init(init: Any, flow: Any, depth: Any = None) -> None:
     """Raise unless ``init`` is one of the guide's starts; a planar/radial map start (the
     builders' own ``init``) gets a hint saying how to pass it."""
     try:
@@ -147,10 +148,11 @@ def _check_guide_init(init: Any, flow: Any) -> None:
     except ValueError as err:
         if isinstance(init, str) and init in get_args(MapInit):
             family = flow if flow in ("planar", "radial") else "planar"
+            depth = depth if isinstance(depth, int) and depth > 0 else 8
             raise ValueError(
                 f"{err}; {init!r} starts the maps of a planar or radial flow, not the guide: "
                 f"pass it to the builder, e.g. FlowGuide(model, flow=lambda dim: "
-                f"pyro_nf.{family}(dim, depth=8, init={init!r}))"
+                f"pyro_nf.{family}(dim, depth={depth}, init={init!r}))"
             ) from None
         raise
 
@@ -330,7 +332,7 @@ class FlowGuide(AutoContinuous):
     ) -> None:
         check_callable("model", model, "a callable Pyro model")
         _check_flow_arguments(flow, depth, flow_kwargs)
-        _check_guide_init(init, flow)
+        _check_guide_init(init, flow, depth)
         _check_choice("affine", affine, ("auto", "full", "diagonal"))
         check_callable("init_loc_fn", init_loc_fn, "a callable site -> value (e.g. init_to_median)")
         check_float("init_scale", init_scale, "a positive finite number", lambda v: v > 0)

@@ -240,6 +240,8 @@ def test_a_flow_map_start_given_as_the_guides_init_says_where_it_goes():
         ValueError, match=r"init: .*got 'random'.*pyro_nf\.radial\(dim, .*init='random'"
     ):
         pyro_nf.FlowGuide(model, flow="radial", init="random")
+    with pytest.raises(ValueError, match=r"pyro_nf\.radial\(dim, depth=3, init='random'\)"):
+        pyro_nf.FlowGuide(model, flow="radial", depth=3, init="random")
     with pytest.raises(ValueError, match=r"init: .*got 'pyro'.*pyro_nf\.planar\("):
         pyro_nf.FlowGuide(model, init="pyro")  # the default IAF has no such start: planar's
     # the form the hint gives works
