@@ -404,6 +404,27 @@ def run_numpyro_nuts(problem: hm.HardProblem, opts: argparse.Namespace, seed: in
 
 
 # -- main ----------------------------------------------------------------------------------------
+def funnel_whitened(draws: np.ndarray) -> np.ndarray:
+    """``(..., P)`` funnel draws ``(v, x)`` → ``(v, x e^{-v/2})``: exactly N(0, 3²) × N(0, I)."""
+    v = draws[..., :1]
+    return np.concatenate([v, draws[..., 1:] * np.exp(-v / 2)], axis=-1)
+
+
+#: Scorings besides a problem's own coordinates: ``{problem: [(label, reference, transform)]}``
+#: (see :func:`scorings`).
+EXTRA_SCORINGS: dict[str, list[tuple[str, hm.Reference, Transform]]] = {
+    "funnel": [(
+        FUNNEL_WHITENED,
+        hm.Reference(
+            model=FUNNEL_WHITENED,
+            names=["v"] + [f"x[{i}] e^(-v/2)" for i in range(1, hm.FUNNEL_DIM)],
+            mean=[0.0] * hm.FUNNEL_DIM, sd=[3.0] + [1.0] * (hm.FUNNEL_DIM - 1), source="exact",
+        ),
+        funnel_whitened,
+    )],
+}  # fmt: skip
+
+
 def scorings(name: str, ref: hm.Reference) -> list[tuple[str, hm.Reference, Transform | None]]:
     r"""How the draws of problem ``name`` are scored: ``(label, reference, transform)``.
 
@@ -416,26 +437,13 @@ def scorings(name: str, ref: hm.Reference) -> list[tuple[str, hm.Reference, Tran
     :math:`v` and the average conditional scale; an error confined to the far tails of
     :math:`v` (a few per cent of the mass) moves it little.
     """
-    out: list[tuple[str, hm.Reference, Transform | None]] = [(name, ref, None)]
-    if name == "funnel":
-        names = ["v"] + [f"x[{i}] e^(-v/2)" for i in range(1, hm.FUNNEL_DIM)]
-        white = hm.Reference(
-            model=FUNNEL_WHITENED, names=names, mean=[0.0] * hm.FUNNEL_DIM,
-            sd=[3.0] + [1.0] * (hm.FUNNEL_DIM - 1), source="exact",
-        )  # fmt: skip
-        out.append((FUNNEL_WHITENED, white, funnel_whitened))
-    return out
+    return [(name, ref, None), *EXTRA_SCORINGS.get(name, [])]
 
 
-def scoring_labels(name: str) -> list[str]:
-    """The labels of :func:`scorings` of problem ``name``, in order."""
-    return [name, FUNNEL_WHITENED] if name == "funnel" else [name]
-
-
-def funnel_whitened(draws: np.ndarray) -> np.ndarray:
-    """``(..., P)`` funnel draws ``(v, x)`` → ``(v, x e^{-v/2})``: exactly N(0, 3²) × N(0, I)."""
-    v = draws[..., :1]
-    return np.concatenate([v, draws[..., 1:] * np.exp(-v / 2)], axis=-1)
+#: The row labels in table order: each problem, then its extra scorings.
+TABLE_MODELS = [
+    label for name in hm.MODELS for label in (name, *(e[0] for e in EXTRA_SCORINGS.get(name, [])))
+]
 
 
 def run_method(
@@ -527,10 +535,9 @@ def summary_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def _table_order(row: dict[str, Any]) -> tuple[int, int]:
     """Problems in :data:`hard_models.MODELS` order (a second scoring after its problem), then
     methods in :data:`METHODS` order; anything else last."""
-    models = [label for name in hm.MODELS for label in scoring_labels(name)]
     model, method = row["model"], row["method"]
     return (
-        models.index(model) if model in models else len(models),
+        TABLE_MODELS.index(model) if model in TABLE_MODELS else len(TABLE_MODELS),
         METHODS.index(method) if method in METHODS else len(METHODS),
     )
 
